@@ -1,0 +1,46 @@
+"""Packaging for crossfunctional.
+
+The package lives in ``src/crossfunctional``; the ASE calculators live in the
+top-level ``calculators/`` folder (the design card's layout) and are installed
+as the sub-package ``crossfunctional.calculators``.
+"""
+
+from setuptools import setup
+
+setup(
+    name="crossfunctional",
+    version="0.1.0",
+    description=(
+        "ASE and LAMMPS plugin for universal interatomic potentials transferred "
+        "from GGA/GGA+U to r2SCAN (TorchScript CHGNet)"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    packages=[
+        "crossfunctional",
+        "crossfunctional.models",
+        "crossfunctional.workflows",
+        "crossfunctional.transfer",
+        "crossfunctional.data",
+        "crossfunctional.calculators",
+    ],
+    package_dir={
+        "crossfunctional": "src/crossfunctional",
+        "crossfunctional.calculators": "calculators",
+    },
+    package_data={"crossfunctional.data": ["*.csv"]},
+    install_requires=[
+        "torch>=2.1",
+        "chgnet>=0.4.2",
+        "ase>=3.23",
+        "pymatgen",
+        "vesin>=0.3",
+        "numpy",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["crossfunctional=crossfunctional.cli:main"]},
+)

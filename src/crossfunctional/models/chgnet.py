@@ -1,0 +1,447 @@
+"""TorchScript re-implementation of the CHGNet forward pass.
+
+CHGNet: B. Deng, P. Zhong, K. Jun, J. Riebesell, K. Han, C. J. Bartel, G. Ceder,
+"CHGNet as a pretrained universal neural network potential for charge-informed
+atomistic modelling", Nat. Mach. Intell. 5, 1031 (2023). The r2SCAN weights
+come from X. Huang et al., "Cross-functional transferability in universal
+machine learning interatomic potentials", npj Comput. Mater. (2025).
+
+The module follows the model contract of ``DESIGN.md``: it takes atomic
+numbers and a directed neighbour list (both directions of every pair present,
+with integer image shifts and edge vectors ``r_ij = r_j + S_ij . cell - r_i``)
+and never sees a cell. Everything that depends on geometry (undirected bonds,
+the short-bond subgraph, angles, radial and angular bases) is built here, in
+torch, so that it runs unchanged on CPU or CUDA and inside LAMMPS.
+
+The arithmetic is CHGNet's; the evaluation order is ours: the first linear
+layer of every gated MLP acts on a concatenation ``[x_a, x_b, ...]``, so it is
+split into one product per input and each product is computed once per atom
+or bond before it is gathered onto edges or angles. Core and gate weights are
+stacked into one matrix. The numbers equal upstream's to float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, NamedTuple, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MAX_Z = 94  # CHGNet's embedding covers H (Z = 1) to Pu (Z = 94)
+
+
+class Graph(NamedTuple):
+    """Geometry of one (possibly batched) structure, derived from the edges.
+
+    Shapes: N nodes, E directed edges, B undirected bonds, S short bonds
+    (length below the bond-graph cutoff), A angles.
+    """
+
+    center: Tensor  # [E] int64, i of edge i -> j
+    neighbor: Tensor  # [E] int64, j of edge i -> j
+    edge_bond: Tensor  # [E] int64, undirected bond of each directed edge
+    bond_length: Tensor  # [B] float, Å
+    short_bonds: Tensor  # [S] int64, bond index of each short bond
+    angle_center: Tensor  # [A] int64, atom at the vertex of each angle
+    angle_bond_i: Tensor  # [A] int64, short-bond index of the first bond
+    angle_bond_j: Tensor  # [A] int64, short-bond index of the second bond
+    angle: Tensor  # [A] float, radians, angle between the two bonds
+
+
+def reverse_edges(edge_index: Tensor, edge_shifts: Tensor, num_nodes: int) -> Tensor:
+    """Index of the reverse of every directed edge.
+
+    The reverse of edge ``(i, j, S)`` is ``(j, i, -S)``; CHGNet's undirected bond
+    is the pair of them.
+
+    Args:
+        edge_index: [2, E] int64, source ``i`` and target ``j`` of each edge.
+        edge_shifts: [E, 3] int64, integer image shift ``S`` of each edge.
+        num_nodes: number of nodes N.
+
+    Returns:
+        [E] int64, position of each edge's reverse.
+
+    Raises:
+        RuntimeError: an edge has no reverse (the neighbour list is not full),
+            or the node and shift ranges are too large to encode in int64.
+    """
+    n_edges = edge_index.shape[1]
+    if n_edges == 0:
+        return torch.zeros(0, dtype=torch.long, device=edge_index.device)
+    s_max = int(edge_shifts.abs().max())
+    base = 2 * s_max + 1
+    if float(num_nodes) * float(num_nodes) * float(base) ** 3 >= 9.0e18:
+        raise RuntimeError(
+            "neighbour list too large to pair edges: num_nodes^2 * (2*max|shift|+1)^3 "
+            "exceeds int64"
+        )
+    s = edge_shifts + s_max
+    r = s_max - edge_shifts
+    code = (s[:, 0] * base + s[:, 1]) * base + s[:, 2]
+    rcode = (r[:, 0] * base + r[:, 1]) * base + r[:, 2]
+    cube = base * base * base
+    key = (edge_index[0] * num_nodes + edge_index[1]) * cube + code
+    rkey = (edge_index[1] * num_nodes + edge_index[0]) * cube + rcode
+    sorted_key, order = torch.sort(key)
+    pos = torch.searchsorted(sorted_key, rkey).clamp(max=n_edges - 1)
+    if not bool((sorted_key[pos] == rkey).all()):
+        raise RuntimeError(
+            "edge list is not symmetric: an edge (i, j, S) has no reverse (j, i, -S); "
+            "pass a full neighbour list"
+        )
+    return order[pos]
+
+
+class GatedMLP(nn.Module):
+    """CHGNet's gated MLP, ``silu(LN(core(x))) * sigmoid(LN(gate(x)))``, whose
+    input ``x`` is a concatenation of ``n_parts`` feature blocks of width
+    ``part_dim``.
+
+    The first linear layer of core and gate is stored stacked, ``[2H, n_parts *
+    part_dim]``, so that ``project(k, x_k)`` returns block ``k``'s contribution
+    ``[n, 2H]`` and ``forward(sum of projections)`` finishes the MLP. With one
+    hidden layer (``hidden_dim > 0``) a SiLU and a second linear layer follow,
+    as in ``chgnet.model.functions.MLP``.
+    """
+
+    def __init__(self, part_dim: int, n_parts: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        first_out = hidden_dim if hidden_dim > 0 else out_dim
+        self.part_dim = part_dim
+        self.first_out = first_out
+        self.hidden_dim = hidden_dim
+        self.out_dim = out_dim
+        self.weight_in = nn.Parameter(torch.zeros(2 * first_out, n_parts * part_dim))
+        self.bias_in = nn.Parameter(torch.zeros(2 * first_out))
+        h = max(hidden_dim, 1)
+        self.weight_core_out = nn.Parameter(torch.zeros(out_dim, h))
+        self.bias_core_out = nn.Parameter(torch.zeros(out_dim))
+        self.weight_gate_out = nn.Parameter(torch.zeros(out_dim, h))
+        self.bias_gate_out = nn.Parameter(torch.zeros(out_dim))
+        self.norm_core = nn.LayerNorm(out_dim)
+        self.norm_gate = nn.LayerNorm(out_dim)
+
+    def project(self, part: int, x: Tensor) -> Tensor:
+        """Contribution of input block ``part`` ([n, part_dim]) -> [n, 2H]."""
+        w = self.weight_in[:, part * self.part_dim : (part + 1) * self.part_dim]
+        return x @ w.t()
+
+    def forward(self, pre: Tensor) -> Tensor:
+        """Finish the MLP from the summed projections ``pre`` [n, 2H] (bias not
+        yet added) -> [n, out_dim]."""
+        pre = pre + self.bias_in
+        core = pre[:, : self.first_out]
+        gate = pre[:, self.first_out :]
+        if self.hidden_dim > 0:
+            core = F.linear(F.silu(core), self.weight_core_out, self.bias_core_out)
+            gate = F.linear(F.silu(gate), self.weight_gate_out, self.bias_gate_out)
+        return F.silu(self.norm_core(core)) * torch.sigmoid(self.norm_gate(gate))
+
+
+class AtomConv(nn.Module):
+    """Atom update (CHGNet Eq. 3): ``v_i += L(Σ_j φ([v_i, e_ij, v_j]) * W_ag e~_ij)``."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.mlp = GatedMLP(dim, 3, hidden_dim, dim)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, atom_feas: Tensor, bond_feas: Tensor, bond_weights: Tensor, g: Graph) -> Tensor:
+        """atom_feas [N, F], bond_feas [B, F], bond_weights [B, F] -> [N, F]."""
+        pre = (
+            self.mlp.project(0, atom_feas)[g.center]
+            + self.mlp.project(1, bond_feas)[g.edge_bond]
+            + self.mlp.project(2, atom_feas)[g.neighbor]
+        )
+        messages = self.mlp(pre) * bond_weights[g.edge_bond]
+        summed = torch.zeros_like(atom_feas).index_add_(0, g.center, messages)
+        return atom_feas + self.out(summed)
+
+
+class BondConv(nn.Module):
+    """Bond update on the short-bond graph (CHGNet Eq. 4): for a short bond
+    ``e_ij``, ``e_ij += L(Σ_k φ([e_ij, e_ik, a_jik, v_i]) * W e~_ij * W e~_ik)``."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.mlp = GatedMLP(dim, 4, hidden_dim, dim)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(
+        self, atom_feas: Tensor, bond_feas: Tensor, short_weights: Tensor, angle_feas: Tensor, g: Graph
+    ) -> Tensor:
+        """atom_feas [N, F], bond_feas [B, F], short_weights [S, F], angle_feas
+        [A, F] -> updated bond_feas [B, F] (only short bonds change)."""
+        short_feas = bond_feas[g.short_bonds]
+        pre = (
+            self.mlp.project(0, short_feas)[g.angle_bond_i]
+            + self.mlp.project(1, short_feas)[g.angle_bond_j]
+            + self.mlp.project(2, angle_feas)
+            + self.mlp.project(3, atom_feas)[g.angle_center]
+        )
+        update = self.mlp(pre) * short_weights[g.angle_bond_i] * short_weights[g.angle_bond_j]
+        summed = torch.zeros_like(short_feas).index_add_(0, g.angle_bond_i, update)
+        return bond_feas.index_add(0, g.short_bonds, self.out(summed))
+
+
+class AngleUpdate(nn.Module):
+    """Angle update (CHGNet Eq. 5): ``a_jik += φ([e_ij, e_ik, a_jik, v_i])``."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.mlp = GatedMLP(dim, 4, hidden_dim, dim)
+
+    def forward(self, atom_feas: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
+        """atom_feas [N, F], bond_feas [B, F], angle_feas [A, F] -> [A, F]."""
+        short_feas = bond_feas[g.short_bonds]
+        pre = (
+            self.mlp.project(0, short_feas)[g.angle_bond_i]
+            + self.mlp.project(1, short_feas)[g.angle_bond_j]
+            + self.mlp.project(2, angle_feas)
+            + self.mlp.project(3, atom_feas)[g.angle_center]
+        )
+        return angle_feas + self.mlp(pre)
+
+
+class InteractionBlock(nn.Module):
+    """One CHGNet interaction block: atom convolution, then bond convolution and
+    angle update on the short-bond graph. The state (atom, bond, angle
+    features) goes in and out explicitly, so that an engine can exchange ghost
+    atom features between blocks (``MPI_DESIGN.md``)."""
+
+    def __init__(self, dim: int, atom_hidden: int, bond_hidden: int, angle_hidden: int) -> None:
+        super().__init__()
+        self.atom_conv = AtomConv(dim, atom_hidden)
+        self.bond_conv = BondConv(dim, bond_hidden)
+        self.angle_update = AngleUpdate(dim, angle_hidden)
+
+    def forward(
+        self,
+        atom_feas: Tensor,
+        bond_feas: Tensor,
+        angle_feas: Tensor,
+        bond_weights_ag: Tensor,
+        short_weights_bg: Tensor,
+        g: Graph,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Returns the updated (atom_feas [N, F], bond_feas [B, F], angle_feas [A, F])."""
+        atom_feas = self.atom_conv(atom_feas, bond_feas, bond_weights_ag, g)
+        bond_feas = self.bond_conv(atom_feas, bond_feas, short_weights_bg, angle_feas, g)
+        angle_feas = self.angle_update(atom_feas, bond_feas, angle_feas, g)
+        return atom_feas, bond_feas, angle_feas
+
+
+class CHGNet(nn.Module):
+    """CHGNet as a TorchScript-compatible module on the design's edge contract.
+
+    Args:
+        dim: feature width of atoms, bonds and angles (64 in all released weights).
+        num_radial: number of Bessel radial basis functions (31).
+        num_angular: number of Fourier angular basis functions, odd (31).
+        n_conv: number of atom convolutions (4); there is one bond and angle
+            update fewer.
+        atom_hidden, bond_hidden, angle_hidden: hidden widths of the gated
+            MLPs (64, 64, 0; 0 means a single linear layer).
+        mlp_hidden: hidden widths of the readout MLP ((64, 64, 64)).
+        atom_graph_cutoff: cutoff of the atom graph, Å (6).
+        bond_graph_cutoff: cutoff of the short-bond graph for angles, Å (3).
+        cutoff_coeff: exponent p of the polynomial envelope (8).
+
+    The AtomRef vector ``atomref`` ([94], eV/atom, element Z at index Z - 1) is
+    a buffer: re-referencing to another functional (Huang et al. 2025, Eq. 3)
+    replaces it and nothing else.
+    """
+
+    def __init__(
+        self,
+        dim: int = 64,
+        num_radial: int = 31,
+        num_angular: int = 31,
+        n_conv: int = 4,
+        atom_hidden: int = 64,
+        bond_hidden: int = 64,
+        angle_hidden: int = 0,
+        mlp_hidden: List[int] = (64, 64, 64),
+        atom_graph_cutoff: float = 6.0,
+        bond_graph_cutoff: float = 3.0,
+        cutoff_coeff: int = 8,
+    ) -> None:
+        super().__init__()
+        if num_angular % 2 != 1:
+            raise ValueError(f"num_angular={num_angular} must be odd")
+        self.dim = dim
+        self.n_conv = n_conv
+        self.atom_graph_cutoff = float(atom_graph_cutoff)
+        self.bond_graph_cutoff = float(bond_graph_cutoff)
+        self.cutoff_coeff = int(cutoff_coeff)
+        self.metadata_json: str = "{}"  # filled by the loader; read by engines
+        self.atom_embedding = nn.Embedding(MAX_Z, dim)
+        self.rbf_frequencies_ag = nn.Parameter(math.pi * torch.arange(1, num_radial + 1, dtype=torch.float32))
+        self.rbf_frequencies_bg = nn.Parameter(math.pi * torch.arange(1, num_radial + 1, dtype=torch.float32))
+        self.angle_frequencies = nn.Parameter(torch.arange(1, (num_angular - 1) // 2 + 1, dtype=torch.float32))
+        self.bond_embedding = nn.Linear(num_radial, dim, bias=False)
+        self.bond_weights_ag = nn.Linear(num_radial, dim, bias=False)
+        self.bond_weights_bg = nn.Linear(num_radial, dim, bias=False)
+        self.angle_embedding = nn.Linear(num_angular, dim, bias=False)
+        self.blocks = nn.ModuleList(
+            [InteractionBlock(dim, atom_hidden, bond_hidden, angle_hidden) for _ in range(n_conv - 1)]
+        )
+        self.last_atom_conv = AtomConv(dim, atom_hidden)
+        self.site_wise = nn.Linear(dim, 1)
+        self.readout_norm = nn.LayerNorm(dim)
+        widths = [dim] + list(mlp_hidden) + [1]
+        self.readout = nn.ModuleList([nn.Linear(widths[k], widths[k + 1]) for k in range(len(widths) - 1)])
+        self.register_buffer("atomref", torch.zeros(MAX_Z))
+
+    # ----------------------------------------------------------------- geometry
+    def build_graph(self, edge_index: Tensor, edge_shifts: Tensor, edge_vectors: Tensor, num_nodes: int) -> Graph:
+        """Undirected bonds, short bonds and angles from the directed edges.
+
+        Args:
+            edge_index: [2, E] int64 directed edges i -> j (both directions present).
+            edge_shifts: [E, 3] int64 image shifts; only used to pair each edge
+                with its reverse.
+            edge_vectors: [E, 3] float, ``r_j + S . cell - r_i`` in Å.
+            num_nodes: N.
+        """
+        device = edge_index.device
+        n_edges = edge_index.shape[1]
+        center = edge_index[0]
+        neighbor = edge_index[1]
+        lengths = torch.linalg.norm(edge_vectors, dim=1)
+        rev = reverse_edges(edge_index, edge_shifts, num_nodes)
+        arange_e = torch.arange(n_edges, device=device)
+        is_rep = arange_e < rev
+        bond_id = torch.cumsum(is_rep.to(torch.long), 0) - 1
+        edge_bond = torch.where(is_rep, bond_id, bond_id[rev])
+        bond_length = lengths[is_rep]
+
+        # short bonds and the angles between short bonds sharing a centre
+        is_short = bond_length < self.bond_graph_cutoff
+        short_bonds = torch.nonzero(is_short).squeeze(1)
+        bond_to_short = torch.full_like(bond_length, -1, dtype=torch.long)
+        bond_to_short[short_bonds] = torch.arange(short_bonds.shape[0], device=device)
+        short_edges = torch.nonzero(is_short[edge_bond]).squeeze(1)
+        centers, perm = torch.sort(center[short_edges], stable=True)
+        short_edges = short_edges[perm]
+        counts = torch.bincount(centers, minlength=num_nodes)
+        starts = torch.cumsum(counts, 0) - counts
+        k = counts[centers]
+        first = torch.repeat_interleave(torch.arange(short_edges.shape[0], device=device), k)
+        offset_in_group = torch.arange(first.shape[0], device=device) - (torch.cumsum(k, 0) - k)[first]
+        second = starts[centers[first]] + offset_in_group
+        keep = first != second
+        e1 = short_edges[first[keep]]
+        e2 = short_edges[second[keep]]
+        u = edge_vectors / lengths.unsqueeze(1)
+        cosine = (u[e1] * u[e2]).sum(dim=1) * (1.0 - 1e-6)
+        return Graph(
+            center=center,
+            neighbor=neighbor,
+            edge_bond=edge_bond,
+            bond_length=bond_length,
+            short_bonds=short_bonds,
+            angle_center=center[e1],
+            angle_bond_i=bond_to_short[edge_bond[e1]],
+            angle_bond_j=bond_to_short[edge_bond[e2]],
+            angle=torch.acos(cosine),
+        )
+
+    def radial_basis(self, r: Tensor, frequencies: Tensor, cutoff: float) -> Tensor:
+        """Smoothed Bessel basis (CHGNet Eq. 1, after GemNet): ``sqrt(2/rc) sin(f r/rc)/r
+        * u(r/rc)`` with the polynomial envelope u of exponent p. r [B] -> [B, num_radial]."""
+        p = float(self.cutoff_coeff)
+        x = (r / cutoff).unsqueeze(1)
+        envelope = (
+            1.0
+            - (p + 1.0) * (p + 2.0) / 2.0 * x**p
+            + p * (p + 2.0) * x ** (p + 1.0)
+            - p * (p + 1.0) / 2.0 * x ** (p + 2.0)
+        )
+        envelope = torch.where(x < 1.0, envelope, torch.zeros_like(x))
+        return envelope * math.sqrt(2.0 / cutoff) * torch.sin(frequencies * x) / r.unsqueeze(1)
+
+    def angular_basis(self, theta: Tensor) -> Tensor:
+        """Fourier basis ``[1/sqrt 2, sin(n θ), cos(n θ)] / sqrt(pi)``. θ [A] -> [A, num_angular]."""
+        t = torch.outer(theta, self.angle_frequencies)
+        const = torch.full_like(theta, 1.0 / math.sqrt(2.0)).unsqueeze(1)
+        return torch.cat([const, torch.sin(t), torch.cos(t)], dim=1) / math.sqrt(math.pi)
+
+    # ------------------------------------------------------------- forward pass
+    def embed(self, atomic_numbers: Tensor, g: Graph) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Initial state: (atom_feas [N, F], bond_feas [B, F], angle_feas [A, F],
+        bond_weights_ag [B, F], short_weights_bg [S, F])."""
+        basis_ag = self.radial_basis(g.bond_length, self.rbf_frequencies_ag, self.atom_graph_cutoff)
+        basis_bg = self.radial_basis(g.bond_length[g.short_bonds], self.rbf_frequencies_bg, self.bond_graph_cutoff)
+        atom_feas = self.atom_embedding(atomic_numbers - 1)
+        bond_feas = self.bond_embedding(basis_ag)
+        angle_feas = self.angle_embedding(self.angular_basis(g.angle))
+        return atom_feas, bond_feas, angle_feas, self.bond_weights_ag(basis_ag), self.bond_weights_bg(basis_bg)
+
+    def magmoms(self, atom_feas: Tensor) -> Tensor:
+        """Magnetic moments |w . v_i + b| in μB from the atom features after the
+        third block: [N, F] -> [N]."""
+        return torch.abs(self.site_wise(atom_feas)).squeeze(1)
+
+    def site_energies(self, atomic_numbers: Tensor, atom_feas: Tensor) -> Tensor:
+        """Readout: LayerNorm, MLP, plus the AtomRef energy of each element.
+        [N], [N, F] -> [N] eV."""
+        x = self.readout_norm(atom_feas)
+        n_layers = len(self.readout)
+        for k, layer in enumerate(self.readout):
+            x = layer(x)
+            if k < n_layers - 1:
+                x = F.silu(x)
+        return x.squeeze(1) + self.atomref[atomic_numbers - 1]
+
+    def energy_and_magmoms(
+        self, atomic_numbers: Tensor, edge_index: Tensor, edge_shifts: Tensor, edge_vectors: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        """Site energies [N] (eV, AtomRef included) and magmoms [N] (μB)."""
+        g = self.build_graph(edge_index, edge_shifts, edge_vectors, atomic_numbers.shape[0])
+        atom_feas, bond_feas, angle_feas, w_ag, w_bg = self.embed(atomic_numbers, g)
+        for block in self.blocks:
+            atom_feas, bond_feas, angle_feas = block(atom_feas, bond_feas, angle_feas, w_ag, w_bg, g)
+        magmoms = self.magmoms(atom_feas)  # CHGNet reads magmoms after the last full block
+        atom_feas = self.last_atom_conv(atom_feas, bond_feas, w_ag, g)
+        return self.site_energies(atomic_numbers, atom_feas), magmoms
+
+    def forward(
+        self,
+        atomic_numbers: Tensor,
+        edge_index: Tensor,
+        edge_shifts: Tensor,
+        edge_vectors: Tensor,
+        compute_gradient: bool = True,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Evaluate CHGNet on a (batched) graph.
+
+        Args:
+            atomic_numbers: [N] int64, 1 <= Z <= 94.
+            edge_index: [2, E] int64, directed edges i -> j within the atom-graph
+                cutoff, both directions present.
+            edge_shifts: [E, 3] int64, integer image shift S of each edge
+                (zero where the engine keeps images as separate nodes).
+            edge_vectors: [E, 3] float, r_j + S . cell - r_i in Å.
+            compute_gradient: also return g = dE/d(edge_vectors).
+
+        Returns:
+            site_energies [N] eV (summing to the total energy), magmoms [N] μB,
+            and g [E, 3] eV/Å (empty [0, 3] when ``compute_gradient`` is false).
+            Forces are F_i = Σ_j g_ij - Σ_j g_ji; the virial is -Σ r_ij ⊗ g_ij.
+        """
+        if compute_gradient and not edge_vectors.requires_grad:
+            edge_vectors = edge_vectors.detach().requires_grad_(True)
+        site_energies, magmoms = self.energy_and_magmoms(atomic_numbers, edge_index, edge_shifts, edge_vectors)
+        if compute_gradient:
+            grad = torch.zeros_like(edge_vectors)
+            if site_energies.requires_grad:
+                grads = torch.autograd.grad([site_energies.sum()], [edge_vectors], allow_unused=True)
+                found = grads[0]
+                if found is not None:
+                    grad = found
+            return site_energies.detach(), magmoms.detach(), grad
+        return site_energies, magmoms, torch.zeros(0, 3, dtype=edge_vectors.dtype, device=edge_vectors.device)

@@ -1,0 +1,319 @@
+"""Model registry, weight loading from ``chgnet`` checkpoints, TorchScript export.
+
+Checkpoints are untrusted input: they are read with
+``torch.load(..., weights_only=True)``, so a file cannot run code on load;
+anything that would need full unpickling is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crossfunctional.models.chgnet import CHGNet, MAX_Z
+
+__all__ = ["MODELS", "ModelError", "available_models", "export", "load_model", "model_metadata"]
+
+LICENCE = "BSD-3-Clause (CHGNet weights, Copyright (c) 2023 Materials Virtual Lab / Ceder group)"
+CITATION_CHGNET = (
+    "B. Deng et al., CHGNet as a pretrained universal neural network potential for "
+    "charge-informed atomistic modelling, Nat. Mach. Intell. 5, 1031 (2023)"
+)
+CITATION_R2SCAN = (
+    "X. Huang et al., Cross-functional transferability in universal machine learning "
+    "interatomic potentials, npj Comput. Mater. (2025)"
+)
+
+#: Registered model names -> (file inside the ``chgnet`` package, functional, citation).
+MODELS: dict[str, tuple[str, str, str]] = {
+    "chgnet-r2scan": (
+        "pretrained/r2scan/chgnet_r2scan_transfer_learning_e15f36s161m23.pth.tar",
+        "r2SCAN (transferred from GGA/GGA+U, Huang et al. 2025 Method 4)",
+        f"{CITATION_R2SCAN}; {CITATION_CHGNET}",
+    ),
+    "chgnet-0.3.0": (
+        "pretrained/0.3.0/chgnet_0.3.0_e29f68s314m37.pth.tar",
+        "GGA/GGA+U (Materials Project, MPtrj)",
+        CITATION_CHGNET,
+    ),
+}
+DEFAULT_MODEL = "chgnet-r2scan"
+
+ELEMENTS = [
+    "H", "He", "Li", "Be", "B", "C", "N", "O", "F", "Ne", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "Ar",
+    "K", "Ca", "Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ga", "Ge", "As", "Se", "Br",
+    "Kr", "Rb", "Sr", "Y", "Zr", "Nb", "Mo", "Tc", "Ru", "Rh", "Pd", "Ag", "Cd", "In", "Sn", "Sb", "Te",
+    "I", "Xe", "Cs", "Ba", "La", "Ce", "Pr", "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho", "Er", "Tm",
+    "Yb", "Lu", "Hf", "Ta", "W", "Re", "Os", "Ir", "Pt", "Au", "Hg", "Tl", "Pb", "Bi", "Po", "At", "Rn",
+    "Fr", "Ra", "Ac", "Th", "Pa", "U", "Np", "Pu",
+]  # fmt: skip
+assert len(ELEMENTS) == MAX_Z
+
+
+class ModelError(ValueError):
+    """A model name, checkpoint or exported file that cannot be used."""
+
+
+def available_models() -> dict[str, str]:
+    """Registered model names and the functional each reproduces."""
+    return {name: functional for name, (_, functional, _) in MODELS.items()}
+
+
+def _chgnet_file(relative: str) -> Path:
+    import chgnet
+
+    return Path(chgnet.__file__).parent / relative
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"model file not found: {path}") from None
+    except Exception as exc:  # pickle.UnpicklingError and friends
+        raise ModelError(
+            f"cannot read {path} as a chgnet checkpoint with weights_only=True "
+            f"(files that need full unpickling are refused): {str(exc).splitlines()[0]}"
+        ) from None
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} is not a chgnet checkpoint (a dict with a 'model' entry)")
+    model = state.get("model", state)
+    if not isinstance(model, dict) or "state_dict" not in model or "model_args" not in model:
+        raise ModelError(f"{path} is not a chgnet checkpoint: no 'model': {{'state_dict', 'model_args'}}")
+    return model
+
+
+def _check_args(args: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Architecture options of a chgnet checkpoint -> CHGNet kwargs; unsupported ones raise."""
+    required = {
+        "mlp_first": True,
+        "is_intensive": True,
+        "update_bond": True,
+        "update_angle": True,
+        "non_linearity": "silu",
+        "gMLP_norm": "layer",
+        "readout_norm": "layer",
+        "conv_norm": None,
+        "mlp_out_bias": False,
+        "final_mlp": "MLP",
+    }
+    for key, value in required.items():
+        if args.get(key, value) != value:
+            raise ModelError(f"{path}: chgnet option {key}={args[key]!r} is not supported (need {value!r})")
+    dims = {args.get(k, 64) for k in ("atom_fea_dim", "bond_fea_dim", "angle_fea_dim")}
+    if len(dims) != 1:
+        raise ModelError(f"{path}: atom, bond and angle feature widths must be equal, got {sorted(dims)}")
+    hidden = {}
+    for key, default in (("atom_conv_hidden_dim", 64), ("bond_conv_hidden_dim", 64), ("angle_layer_hidden_dim", 0)):
+        value = args.get(key, default)
+        if not isinstance(value, int):
+            raise ModelError(f"{path}: {key}={value!r} must be a single integer")
+        hidden[key] = value
+    mlp_hidden = args.get("mlp_hidden_dims", (64, 64))
+    if isinstance(mlp_hidden, int):
+        mlp_hidden = [mlp_hidden]
+    return {
+        "dim": dims.pop(),
+        "num_radial": args.get("num_radial", 9),
+        "num_angular": args.get("num_angular", 9),
+        "n_conv": args.get("n_conv", 4),
+        "atom_hidden": hidden["atom_conv_hidden_dim"],
+        "bond_hidden": hidden["bond_conv_hidden_dim"],
+        "angle_hidden": hidden["angle_layer_hidden_dim"],
+        "mlp_hidden": list(mlp_hidden),
+        "atom_graph_cutoff": float(args.get("atom_graph_cutoff", 6)),
+        "bond_graph_cutoff": float(args.get("bond_graph_cutoff", 3)),
+        "cutoff_coeff": int(args.get("cutoff_coeff", 8)),
+    }
+
+
+def _gated_mlp_state(sd: dict[str, torch.Tensor], prefix: str, hidden: int) -> dict[str, torch.Tensor]:
+    """Upstream GatedMLP weights -> ours (core and gate first layers stacked)."""
+    first = 0 if hidden > 0 else 1  # MLP(hidden=0) is [Dropout, Linear]
+    out = {
+        "weight_in": torch.cat([sd[f"{prefix}.mlp_core.layers.{first}.weight"], sd[f"{prefix}.mlp_gate.layers.{first}.weight"]]),
+        "bias_in": torch.cat([sd[f"{prefix}.mlp_core.layers.{first}.bias"], sd[f"{prefix}.mlp_gate.layers.{first}.bias"]]),
+        "norm_core.weight": sd[f"{prefix}.bn1.weight"],
+        "norm_core.bias": sd[f"{prefix}.bn1.bias"],
+        "norm_gate.weight": sd[f"{prefix}.bn2.weight"],
+        "norm_gate.bias": sd[f"{prefix}.bn2.bias"],
+    }
+    if hidden > 0:
+        out["weight_core_out"] = sd[f"{prefix}.mlp_core.layers.3.weight"]
+        out["bias_core_out"] = sd[f"{prefix}.mlp_core.layers.3.bias"]
+        out["weight_gate_out"] = sd[f"{prefix}.mlp_gate.layers.3.weight"]
+        out["bias_gate_out"] = sd[f"{prefix}.mlp_gate.layers.3.bias"]
+    return out
+
+
+def convert_state_dict(sd: dict[str, torch.Tensor], kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Map an upstream ``chgnet.model.CHGNet`` state dict onto :class:`CHGNet`'s."""
+    new: dict[str, torch.Tensor] = {
+        "atom_embedding.weight": sd["atom_embedding.embedding.weight"],
+        "rbf_frequencies_ag": sd["bond_basis_expansion.rbf_expansion_ag.frequencies"],
+        "rbf_frequencies_bg": sd["bond_basis_expansion.rbf_expansion_bg.frequencies"],
+        "angle_frequencies": sd["angle_basis_expansion.fourier_expansion.frequencies"],
+        "bond_embedding.weight": sd["bond_embedding.weight"],
+        "bond_weights_ag.weight": sd["bond_weights_ag.weight"],
+        "bond_weights_bg.weight": sd["bond_weights_bg.weight"],
+        "angle_embedding.weight": sd["angle_embedding.weight"],
+        "site_wise.weight": sd["site_wise.weight"],
+        "site_wise.bias": sd["site_wise.bias"],
+        "readout_norm.weight": sd["readout_norm.weight"],
+        "readout_norm.bias": sd["readout_norm.bias"],
+        "atomref": sd["composition_model.fc.weight"].reshape(-1)
+        if "composition_model.fc.weight" in sd
+        else torch.zeros(MAX_Z),
+    }
+    linear_idx = [k for k in range(32) if f"mlp.layers.{k}.weight" in sd]
+    for n, k in enumerate(linear_idx):
+        new[f"readout.{n}.weight"] = sd[f"mlp.layers.{k}.weight"]
+        new[f"readout.{n}.bias"] = sd[f"mlp.layers.{k}.bias"]
+    n_conv = kwargs["n_conv"]
+    for b in range(n_conv):
+        target = f"blocks.{b}.atom_conv" if b < n_conv - 1 else "last_atom_conv"
+        for key, value in _gated_mlp_state(sd, f"atom_conv_layers.{b}.twoBody_atom", kwargs["atom_hidden"]).items():
+            new[f"{target}.mlp.{key}"] = value
+        new[f"{target}.out.weight"] = sd[f"atom_conv_layers.{b}.mlp_out.layers.1.weight"]
+    for b in range(n_conv - 1):
+        for key, value in _gated_mlp_state(sd, f"bond_conv_layers.{b}.twoBody_bond", kwargs["bond_hidden"]).items():
+            new[f"blocks.{b}.bond_conv.mlp.{key}"] = value
+        new[f"blocks.{b}.bond_conv.out.weight"] = sd[f"bond_conv_layers.{b}.mlp_out.layers.1.weight"]
+        for key, value in _gated_mlp_state(sd, f"angle_layers.{b}.twoBody_bond", kwargs["angle_hidden"]).items():
+            new[f"blocks.{b}.angle_update.mlp.{key}"] = value
+    return new
+
+
+def _fill_unused_out_layers(model: CHGNet, new: dict[str, torch.Tensor]) -> None:
+    """Gated MLPs without a hidden layer keep their (unused) output weights."""
+    for name, tensor in model.state_dict().items():
+        new.setdefault(name, tensor)
+
+
+def from_checkpoint(path: str | os.PathLike, name: str | None = None) -> CHGNet:
+    """Build :class:`CHGNet` from a ``chgnet`` checkpoint (``.pth.tar``), read
+    with ``weights_only=True``.
+
+    Raises:
+        ModelError: the file is missing, needs full unpickling, or describes an
+            architecture this implementation does not cover.
+    """
+    path = Path(path)
+    ckpt = _read_checkpoint(path)
+    kwargs = _check_args(dict(ckpt["model_args"]), path)
+    model = CHGNet(**kwargs)
+    new = convert_state_dict(ckpt["state_dict"], kwargs)
+    _fill_unused_out_layers(model, new)
+    try:
+        model.load_state_dict(new, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not fit the CHGNet architecture: {exc}") from None
+    model.metadata_json = json.dumps(
+        {
+            "model_name": name or path.name,
+            "architecture": "CHGNet",
+            "version": str(ckpt["model_args"].get("version", "")),
+            "source": str(path.name),
+            "config": kwargs,
+            "cutoff": kwargs["atom_graph_cutoff"],
+            "bond_graph_cutoff": kwargs["bond_graph_cutoff"],
+            "elements": ELEMENTS,
+            "atomref": {el: float(v) for el, v in zip(ELEMENTS, model.atomref.tolist())},
+            "licence": LICENCE,
+            "citation": MODELS.get(name or "", ("", "", CITATION_CHGNET))[2],
+        }
+    )
+    return model.eval()
+
+
+def model_metadata(model: torch.nn.Module) -> dict[str, Any]:
+    """Metadata of a loaded model (eager or TorchScript): name, cutoffs,
+    elements, AtomRef (eV/atom), licence, citation."""
+    return json.loads(model.metadata_json)
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+) -> torch.nn.Module:
+    """Load a model by registered name, ``chgnet`` checkpoint path, or exported
+    TorchScript file (``.pt``), on ``device`` in ``dtype``.
+
+    Returns:
+        A module with the forward contract of :meth:`CHGNet.forward` and the
+        attributes ``atom_graph_cutoff`` (Å) and ``metadata_json``.
+
+    Raises:
+        ModelError: unknown name, missing or unreadable file.
+    """
+    dtype = _as_dtype(dtype)
+    key = str(name_or_path)
+    if key in MODELS:
+        model: torch.nn.Module = from_checkpoint(_chgnet_file(MODELS[key][0]), name=key)
+    else:
+        path = Path(key)
+        if not path.exists():
+            known = ", ".join(MODELS)
+            raise ModelError(f"unknown model {key!r}: not a registered name ({known}) nor an existing file")
+        if _is_torchscript(path):
+            try:
+                model = torch.jit.load(str(path), map_location="cpu")
+            except Exception as exc:
+                raise ModelError(f"cannot load TorchScript model {path}: {str(exc).splitlines()[0]}") from None
+            if not hasattr(model, "metadata_json"):
+                raise ModelError(f"{path} is a TorchScript file but not a crossfunctional export (no metadata)")
+        else:
+            model = from_checkpoint(path)
+    return model.to(device=torch.device(device), dtype=dtype).eval()
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        return dtype
+    table = {"float32": torch.float32, "float64": torch.float64, "float": torch.float32, "double": torch.float64}
+    if dtype not in table:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return table[dtype]
+
+
+def export(model: torch.nn.Module | str, path: str | os.PathLike, dtype: torch.dtype | str = torch.float32) -> Path:
+    """Write ``model`` (a module or a name/path for :func:`load_model`) as a
+    TorchScript file for LAMMPS and the calculator.
+
+    The file carries its metadata (cutoffs, element list, AtomRef, model name,
+    version, licence, citation) as the string attribute ``metadata_json`` and as
+    the extra file ``metadata.json``. It is written to a temporary name and
+    renamed, so a failed export leaves nothing behind.
+    """
+    if not isinstance(model, torch.nn.Module):
+        model = load_model(model)
+    model = model.to(dtype=_as_dtype(dtype)).eval()
+    scripted = model if isinstance(model, torch.jit.ScriptModule) else torch.jit.script(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.jit.save(scripted, tmp, _extra_files={"metadata.json": scripted.metadata_json})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
