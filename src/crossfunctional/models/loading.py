@@ -253,6 +253,9 @@ def load_model(
         ModelError: unknown name, missing or unreadable file.
     """
     dtype = _as_dtype(dtype)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {str(device)!r} requested but CUDA is not available on this machine")
     key = str(name_or_path)
     if key in MODELS:
         model: torch.nn.Module = from_checkpoint(_chgnet_file(MODELS[key][0]), name=key)
@@ -270,7 +273,7 @@ def load_model(
                 raise ModelError(f"{path} is a TorchScript file but not a crossfunctional export (no metadata)")
         else:
             model = from_checkpoint(path)
-    return model.to(device=torch.device(device), dtype=dtype).eval()
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -1,0 +1,106 @@
+"""ASE calculator for the TorchScript CHGNet models of crossfunctional."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from crossfunctional.models import DEFAULT_MODEL, load_model, model_metadata
+from crossfunctional.neighbors import neighbor_list
+
+log = logging.getLogger(__name__)
+
+
+def forces_and_virial(
+    edge_index: torch.Tensor, edge_vectors: torch.Tensor, grad: torch.Tensor, num_nodes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forces and virial from g = dE/d(edge_vectors) (``DESIGN.md``).
+
+    Args:
+        edge_index: [2, E] int64, edges i -> j.
+        edge_vectors: [E, 3] Å, r_j + S . cell - r_i.
+        grad: [E, 3] eV/Å, dE/d(edge_vectors).
+        num_nodes: N.
+
+    Returns:
+        forces [N, 3] eV/Å, F_i = Σ_j g_ij - Σ_j g_ji; and the virial [3, 3] eV,
+        W = -Σ_e r_e ⊗ g_e, so that the stress (ASE sign, positive tensile) is -W / V.
+    """
+    forces = torch.zeros(num_nodes, 3, dtype=grad.dtype, device=grad.device)
+    forces.index_add_(0, edge_index[0], grad).index_add_(0, edge_index[1], -grad)
+    virial = -(edge_vectors.detach().t() @ grad)
+    return forces, virial
+
+
+class CrossFunctionalCalculator(Calculator):
+    """ASE calculator running a crossfunctional model (TorchScript CHGNet).
+
+    Args:
+        model: registered name (``"chgnet-r2scan"``, ``"chgnet-0.3.0"``), path to
+            a ``chgnet`` checkpoint or an exported TorchScript file, or a loaded
+            module with the model contract.
+        device: torch device, e.g. ``"cpu"`` or ``"cuda"``.
+        dtype: ``"float32"`` (the weights' precision) or ``"float64"`` (for
+            phonons and finite differences).
+
+    Properties, in ASE units: ``energy`` and ``free_energy`` (eV), ``forces``
+    (eV/Å), ``stress`` (eV/Å³, Voigt order, positive tensile; only for fully
+    periodic cells, otherwise ASE raises ``PropertyNotImplementedError``),
+    ``magmoms`` (μB, non-negative as in CHGNet) and ``energies`` (site energies
+    in eV, AtomRef included, summing to ``energy``).
+
+    Raises:
+        crossfunctional.models.ModelError: unknown model or unreadable file.
+        crossfunctional.neighbors.StructureError: a structure the model cannot
+            evaluate (unknown element, NaN, atoms closer than 0.5 Å, ...).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "magmoms", "energies"]
+
+    def __init__(
+        self,
+        model: str | torch.nn.Module = DEFAULT_MODEL,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "float32",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if isinstance(model, torch.nn.Module):
+            self.model = model
+        else:
+            self.model = load_model(model, device=device, dtype=dtype)
+        param = next(iter(self.model.parameters()))
+        self.device = param.device
+        self.dtype = param.dtype
+        self.cutoff = float(self.model.atom_graph_cutoff)
+        self.metadata = model_metadata(self.model)
+
+    def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        edges = neighbor_list(atoms, self.cutoff)
+        n = len(atoms)
+        isolated = n - np.unique(edges.edge_index[0]).size
+        if isolated:
+            log.warning("%d atom(s) have no neighbour within %.1f Å", isolated, self.cutoff)
+        z, edge_index, shifts, vectors = edges.to_torch(self.device, self.dtype)
+        with torch.enable_grad():
+            site_energies, magmoms, grad = self.model(z, edge_index, shifts, vectors, True)
+        forces, virial = forces_and_virial(edge_index, vectors, grad, n)
+        energies = site_energies.detach().cpu().double().numpy()
+        energy = float(energies.sum())
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": energies,
+            "forces": forces.detach().cpu().double().numpy(),
+            "magmoms": magmoms.detach().cpu().double().numpy(),
+        }
+        if atoms.pbc.all():
+            stress = -virial.detach().cpu().double().numpy() / abs(atoms.get_volume())
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
