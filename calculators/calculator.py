@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from crossfunctional.models import DEFAULT_MODEL, load_model, model_metadata
-from crossfunctional.neighbors import neighbor_list
+from crossfunctional.neighbors import Edges, StructureError, neighbor_list
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +105,91 @@ class CrossFunctionalCalculator(Calculator):
         if atoms.pbc.all():
             stress = -virial.detach().cpu().double().numpy() / abs(atoms.get_volume())
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+
+
+def predict_batch(
+    structures: Sequence[Atoms],
+    model: str | torch.nn.Module | CrossFunctionalCalculator = DEFAULT_MODEL,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    max_edges: int = 200_000,
+) -> list[dict[str, np.ndarray | float]]:
+    """Evaluate many independent structures as batched graphs.
+
+    Structures are packed into one graph (node indices offset per structure)
+    until ``max_edges`` directed edges are reached, so memory stays bounded.
+
+    Args:
+        structures: ASE Atoms, any mix of sizes and periodicities.
+        model: a model name or file, a loaded module, or a
+            :class:`CrossFunctionalCalculator` whose model is reused.
+        device, dtype: as for the calculator (ignored when a module or
+            calculator is passed).
+        max_edges: upper bound on directed edges per packed graph.
+
+    Returns:
+        One dict per structure with the calculator's properties in ASE units:
+        ``energy``, ``free_energy`` (eV), ``energies`` [n] eV, ``forces`` [n, 3]
+        eV/Å, ``magmoms`` [n] μB and, for fully periodic cells, ``stress`` [6]
+        eV/Å³ (Voigt, positive tensile).
+
+    Raises:
+        StructureError: as the calculator, naming the index of the structure.
+    """
+    if isinstance(model, CrossFunctionalCalculator):
+        module = model.model
+    elif isinstance(model, torch.nn.Module):
+        module = model
+    else:
+        module = load_model(model, device=device, dtype=dtype)
+    param = next(iter(module.parameters()))
+    cutoff = float(module.atom_graph_cutoff)
+    edges = []
+    for k, atoms in enumerate(structures):
+        try:
+            edges.append(neighbor_list(atoms, cutoff))
+        except StructureError as exc:
+            raise StructureError(f"structure {k}: {exc}") from None
+    results: list[dict[str, np.ndarray | float]] = []
+    start = 0
+    while start < len(edges):
+        stop, n_edges = start, 0
+        while stop < len(edges) and (stop == start or n_edges + edges[stop].edge_index.shape[1] <= max_edges):
+            n_edges += edges[stop].edge_index.shape[1]
+            stop += 1
+        results.extend(_evaluate_packed(module, structures[start:stop], edges[start:stop], param.device, param.dtype))
+        start = stop
+    return results
+
+
+def _evaluate_packed(module, structures, edges, device, dtype) -> list[dict[str, np.ndarray | float]]:
+    """One forward/backward pass over several structures packed into one graph."""
+    n_atoms = [len(e.atomic_numbers) for e in edges]
+    n_edges = [e.edge_index.shape[1] for e in edges]
+    offsets = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
+    packed = Edges(
+        atomic_numbers=np.concatenate([e.atomic_numbers for e in edges]),
+        edge_index=np.concatenate([e.edge_index + off for e, off in zip(edges, offsets)], axis=1),
+        edge_shifts=np.concatenate([e.edge_shifts for e in edges]),
+        edge_vectors=np.concatenate([e.edge_vectors for e in edges]),
+    )
+    z, edge_index, shifts, vectors = packed.to_torch(device, dtype)
+    with torch.enable_grad():
+        site_energies, magmoms, grad = module(z, edge_index, shifts, vectors, True)
+    forces, _ = forces_and_virial(edge_index, vectors, grad, len(z))
+    edge_owner = torch.repeat_interleave(torch.arange(len(edges), device=device), torch.tensor(n_edges, device=device))
+    outer = -(vectors.detach().unsqueeze(2) * grad.unsqueeze(1))  # [E, 3, 3]
+    virials = torch.zeros(len(edges), 3, 3, dtype=grad.dtype, device=device).index_add_(0, edge_owner, outer)
+    site = site_energies.detach().cpu().double().numpy()
+    f = forces.detach().cpu().double().numpy()
+    m = magmoms.detach().cpu().double().numpy()
+    w = virials.detach().cpu().double().numpy()
+    out = []
+    for k, atoms in enumerate(structures):
+        sl = slice(offsets[k], offsets[k] + n_atoms[k])
+        energy = float(site[sl].sum())
+        res = {"energy": energy, "free_energy": energy, "energies": site[sl], "forces": f[sl], "magmoms": m[sl]}
+        if atoms.pbc.all():
+            res["stress"] = full_3x3_to_voigt_6_stress(-w[k] / abs(atoms.get_volume()))
+        out.append(res)
+    return out

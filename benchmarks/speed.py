@@ -1,0 +1,131 @@
+"""Energy + forces + stress timing: crossfunctional against upstream ``chgnet``.
+
+Same process, same structures, graph construction included on both sides:
+upstream ``CHGNet.predict_structure(task="efs")`` from a pymatgen Structure,
+ours ``CrossFunctionalCalculator`` from ASE Atoms (neighbour list, model,
+forces and stress). Each timing is the median of repeated runs, upstream and
+ours alternating so that machine load hits both alike. Ratio = upstream / ours.
+
+Usage::
+
+    python benchmarks/speed.py [--repeats 7] [--threads 2] [--wbm 100] [--model chgnet-r2scan]
+        [--output benchmarks/results/speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.build import bulk
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+
+ROOT = Path(__file__).resolve().parents[1]
+WBM = ROOT.parent / "shared" / "data" / "wbm_random_pbe_equilibrium.json.gz"
+UPSTREAM_NAME = {"chgnet-r2scan": "r2scan", "chgnet-0.3.0": "0.3.0"}
+
+
+def structures(n_wbm: int) -> dict[str, object]:
+    """Named ASE Atoms: Si 64, MgO 64 (a = 4.21 Å), Si 512, and WBM structures."""
+    rng = np.random.default_rng(0)
+    out = {
+        "Si64": bulk("Si", "diamond", a=5.43, cubic=True) * 2,
+        "MgO64": bulk("MgO", "rocksalt", a=4.21, cubic=True) * 2,
+        "Si512": bulk("Si", "diamond", a=5.43, cubic=True) * 4,
+    }
+    for atoms in out.values():
+        atoms.positions += rng.normal(scale=0.01, size=atoms.positions.shape)
+    if n_wbm:
+        with gzip.open(WBM, "rt") as fh:
+            records = json.load(fh)
+        for rec in records[:n_wbm]:
+            out[f"wbm:{rec['material_id']}"] = AseAtomsAdaptor.get_atoms(Structure.from_dict(rec["structure"]))
+    return out
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--wbm", type=int, default=100, help="number of WBM structures (0 to skip)")
+    parser.add_argument("--model", default="chgnet-r2scan", choices=sorted(UPSTREAM_NAME))
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from chgnet.model import CHGNet
+
+    from crossfunctional.calculators import CrossFunctionalCalculator
+    from crossfunctional.io import atomic_write
+
+    upstream = CHGNet.load(model_name=UPSTREAM_NAME[args.model], use_device="cpu", verbose=False)
+    calc = CrossFunctionalCalculator(model=args.model)
+
+    rows = []
+    for name, atoms in structures(args.wbm).items():
+        structure = AseAtomsAdaptor.get_structure(atoms)
+
+        def run_upstream() -> None:
+            upstream.predict_structure(structure, task="efs")
+
+        def run_ours() -> None:
+            calc.reset()
+            atoms.calc = calc
+            atoms.get_forces()
+            atoms.get_stress()
+
+        run_upstream(), run_ours()  # warm-up
+        t_up, t_ours = [], []
+        for _ in range(args.repeats):
+            t_up.append(median_time(run_upstream, 1))
+            t_ours.append(median_time(run_ours, 1))
+        row = {
+            "name": name,
+            "n_atoms": len(atoms),
+            "upstream_s": float(np.median(t_up)),
+            "ours_s": float(np.median(t_ours)),
+        }
+        row["ratio"] = row["upstream_s"] / row["ours_s"]
+        rows.append(row)
+        if not name.startswith("wbm:"):
+            print(f"{name:>8} {len(atoms):5d} atoms  upstream {row['upstream_s']:.4f} s  ours {row['ours_s']:.4f} s  ratio {row['ratio']:.2f}", flush=True)
+
+    wbm = [r["ratio"] for r in rows if r["name"].startswith("wbm:")]
+    named = [r for r in rows if not r["name"].startswith("wbm:")]
+    summary = {r["name"]: r["ratio"] for r in named}
+    if wbm:
+        summary["WBM (median over structures)"] = float(np.median(wbm))
+        print(f"{'WBM':>8} {len(wbm)} structures: median ratio {np.median(wbm):.2f} (min {min(wbm):.2f}, max {max(wbm):.2f})")
+    overall = float(np.median(list(summary.values())))
+    print(f"median ratio over {', '.join(summary)}: {overall:.2f}")
+    result = {
+        "model": args.model,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "summary_ratio": summary,
+        "median_ratio": overall,
+        "rows": rows,
+    }
+    with atomic_write(args.output) as fh:
+        json.dump(result, fh, indent=1)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
