@@ -51,30 +51,29 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from ase.units import GPa
 
+    from crossfunctional.calculators import predict_batch
     from crossfunctional.io import atomic_write, read_structures
 
     frames = read_structures(args.structure)
-    calc = _calculator(args)
+    results = predict_batch(frames, _calculator(args))  # all frames as batched graphs
     records = []
-    for k, atoms in enumerate(frames):
-        atoms.calc = calc
-        energy = atoms.get_potential_energy()
+    for k, (atoms, res) in enumerate(zip(frames, results)):
+        energy = res["energy"]
         rec = {
             "frame": k,
             "formula": atoms.get_chemical_formula(),
             "n_atoms": len(atoms),
             "energy_eV": energy,
             "energy_per_atom_eV": energy / len(atoms),
-            "forces_eV_per_A": atoms.get_forces().tolist(),
-            "magmoms_muB": atoms.get_magnetic_moments().tolist(),
-            "site_energies_eV": calc.results["energies"].tolist(),
+            "forces_eV_per_A": res["forces"].tolist(),
+            "magmoms_muB": res["magmoms"].tolist(),
+            "site_energies_eV": res["energies"].tolist(),
         }
-        if "stress" in calc.results:
-            rec["stress_GPa_voigt"] = (calc.results["stress"] / GPa).tolist()
+        if "stress" in res:
+            rec["stress_GPa_voigt"] = (res["stress"] / GPa).tolist()
         records.append(rec)
         print(f"frame {k}: {rec['formula']}  E = {energy:.6f} eV  ({rec['energy_per_atom_eV']:.6f} eV/atom)")
-        forces = np.asarray(rec["forces_eV_per_A"])
-        print(f"  max |F| = {np.linalg.norm(forces, axis=1).max():.6f} eV/Å")
+        print(f"  max |F| = {np.linalg.norm(res['forces'], axis=1).max():.6f} eV/Å")
         if "stress_GPa_voigt" in rec:
             print("  stress (GPa, xx yy zz yz xz xy, positive tensile): " + " ".join(f"{s:.4f}" for s in rec["stress_GPa_voigt"]))
         else:
