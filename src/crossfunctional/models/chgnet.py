@@ -125,14 +125,16 @@ class GatedMLP(nn.Module):
         self.norm_gate = nn.LayerNorm(out_dim)
 
     def project(self, part: int, x: Tensor) -> Tensor:
-        """Contribution of input block ``part`` ([n, part_dim]) -> [n, 2H]."""
+        """Contribution of input block ``part`` ([n, part_dim]) -> [n, 2H]. The
+        bias travels with block 0, which is computed per atom or bond, before
+        the gather onto edges or angles."""
         w = self.weight_in[:, part * self.part_dim : (part + 1) * self.part_dim]
-        return x @ w.t()
+        if part == 0:
+            return F.linear(x, w, self.bias_in)
+        return F.linear(x, w)
 
     def forward(self, pre: Tensor) -> Tensor:
-        """Finish the MLP from the summed projections ``pre`` [n, 2H] (bias not
-        yet added) -> [n, out_dim]."""
-        pre = pre + self.bias_in
+        """Finish the MLP from the summed projections ``pre`` [n, 2H] -> [n, out_dim]."""
         core = pre[:, : self.first_out]
         gate = pre[:, self.first_out :]
         if self.hidden_dim > 0:
