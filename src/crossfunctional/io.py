@@ -11,6 +11,13 @@ from pathlib import Path
 from ase import Atoms
 
 
+def _umask_mode() -> int:
+    """File mode a plain ``open(path, "w")`` would give (0o666 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 class InputFileError(ValueError):
     """A structure file that is missing, unreadable or empty."""
 
@@ -45,6 +52,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; renamed files keep normal permissions
     try:
         with open(tmp, mode, **kwargs) as handle:
             yield handle
@@ -65,6 +73,7 @@ def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Pa
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
         os.close(fd)
+        os.chmod(tmp, _umask_mode())
         try:
             yield Path(tmp)
             os.replace(tmp, target)

@@ -7,15 +7,16 @@ anything that would need full unpickling is refused with a clear error.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from crossfunctional.models.chgnet import CHGNet, MAX_Z
+from crossfunctional.io import atomic_path
+from crossfunctional.models.chgnet import MAX_Z, CHGNet
 
 __all__ = ["MODELS", "ModelError", "available_models", "export", "load_model", "model_metadata"]
 
@@ -305,18 +306,13 @@ def export(model: torch.nn.Module | str, path: str | os.PathLike, dtype: torch.d
     the extra file ``metadata.json``. It is written to a temporary name and
     renamed, so a failed export leaves nothing behind.
     """
+    dtype = _as_dtype(dtype)
     if not isinstance(model, torch.nn.Module):
-        model = load_model(model)
-    model = model.to(dtype=_as_dtype(dtype)).eval()
-    scripted = model if isinstance(model, torch.jit.ScriptModule) else torch.jit.script(model)
+        model = load_model(model, dtype=dtype)
+    elif next(iter(model.parameters())).dtype != dtype:
+        model = copy.deepcopy(model).to(dtype=dtype)  # leave the caller's module as it is
+    scripted = model.eval() if isinstance(model, torch.jit.ScriptModule) else torch.jit.script(model.eval())
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.jit.save(scripted, tmp, _extra_files={"metadata.json": scripted.metadata_json})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        torch.jit.save(scripted, str(tmp), _extra_files={"metadata.json": scripted.metadata_json})
     return path
