@@ -46,7 +46,8 @@ class CrossFunctionalCalculator(Calculator):
             a ``chgnet`` checkpoint or an exported TorchScript file, or a loaded
             module with the model contract.
         device: torch device, e.g. ``"cpu"`` or ``"cuda"``.
-        dtype: ``"float32"`` (the weights' precision) or ``"float64"`` (for
+        dtype: None (the model file's own precision: float32 for the shipped
+            weights), ``"float32"`` or ``"float64"`` (for
             phonons and finite differences).
 
     Properties, in ASE units: ``energy`` and ``free_energy`` (eV), ``forces``
@@ -67,7 +68,7 @@ class CrossFunctionalCalculator(Calculator):
         self,
         model: str | torch.nn.Module = DEFAULT_MODEL,
         device: str | torch.device = "cpu",
-        dtype: str | torch.dtype = "float32",
+        dtype: str | torch.dtype | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -111,7 +112,7 @@ def predict_batch(
     structures: Sequence[Atoms],
     model: str | torch.nn.Module | CrossFunctionalCalculator = DEFAULT_MODEL,
     device: str | torch.device = "cpu",
-    dtype: str | torch.dtype = "float32",
+    dtype: str | torch.dtype | None = None,
     max_edges: int = 200_000,
 ) -> list[dict[str, np.ndarray | float]]:
     """Evaluate many independent structures as batched graphs.

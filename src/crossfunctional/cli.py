@@ -29,7 +29,9 @@ DEFAULT_BENCHMARK_MODELS = ("chgnet-r2scan", "chgnet-0.3.0")
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or file (default {DEFAULT_MODEL})")
     parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="precision (default float32)")
+    parser.add_argument(
+        "--dtype", default=None, choices=["float32", "float64"], help="precision (default: the model file's, float32 for the shipped weights)"
+    )
 
 
 def _calculator(args: argparse.Namespace):
@@ -188,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
     b.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     b.set_defaults(func=cmd_benchmark_density)
+
+    # transfer to a new functional (issue 6): AtomRef refit, correlation, fine-tuning, scaling law
+    from crossfunctional.transfer.cli import add_transfer_commands
+
+    add_transfer_commands(sub)
     return parser
 
 

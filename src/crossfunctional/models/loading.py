@@ -241,10 +241,11 @@ def model_metadata(model: torch.nn.Module) -> dict[str, Any]:
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | str = torch.float32,
+    dtype: torch.dtype | str | None = None,
 ) -> torch.nn.Module:
     """Load a model by registered name, ``chgnet`` checkpoint path, or exported
-    TorchScript file (``.pt``), on ``device`` in ``dtype``.
+    TorchScript file (``.pt``), on ``device`` in ``dtype`` (float32 or float64;
+    None keeps the precision stored in the file).
 
     Returns:
         A module with the forward contract of :meth:`CHGNet.forward` and the
@@ -253,7 +254,6 @@ def load_model(
     Raises:
         ModelError: unknown name, missing or unreadable file.
     """
-    dtype = _as_dtype(dtype)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {str(device)!r} requested but CUDA is not available on this machine")
@@ -274,7 +274,9 @@ def load_model(
                 raise ModelError(f"{path} is a TorchScript file but not a crossfunctional export (no metadata)")
         else:
             model = from_checkpoint(path)
-    return model.to(device=device, dtype=dtype).eval()
+    if dtype is None:  # the file's own precision (float32 for the shipped weights)
+        return model.to(device=device).eval()
+    return model.to(device=device, dtype=_as_dtype(dtype)).eval()
 
 
 def _is_torchscript(path: Path) -> bool:
