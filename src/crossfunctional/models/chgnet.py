@@ -23,7 +23,7 @@ stacked into one matrix. The numbers equal upstream's to float rounding.
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -42,11 +42,14 @@ class Graph(NamedTuple):
     center: Tensor  # [E] int64, i of edge i -> j
     neighbor: Tensor  # [E] int64, j of edge i -> j
     edge_bond: Tensor  # [E] int64, undirected bond of each directed edge
-    bond_length: Tensor  # [B] float, Å
+    bond_edge: Tensor  # [B] int64, the directed edge that represents each bond
     short_bonds: Tensor  # [S] int64, bond index of each short bond
     angle_center: Tensor  # [A] int64, atom at the vertex of each angle
+    angle_edge_i: Tensor  # [A] int64, directed edge (from the vertex) of the first bond
+    angle_edge_j: Tensor  # [A] int64, directed edge (from the vertex) of the second bond
     angle_bond_i: Tensor  # [A] int64, short-bond index of the first bond
     angle_bond_j: Tensor  # [A] int64, short-bond index of the second bond
+    bond_length: Tensor  # [B] float, Å
     angle: Tensor  # [A] float, radians, angle between the two bonds
 
 
@@ -280,6 +283,7 @@ class CHGNet(nn.Module):
         self.bond_graph_cutoff = float(bond_graph_cutoff)
         self.cutoff_coeff = int(cutoff_coeff)
         self.metadata_json: str = "{}"  # filled by the loader; read by engines
+        self.recompute_threshold: int = 100_000  # edges + angles above which the gradient is taken block by block
         self.atom_embedding = nn.Embedding(MAX_Z, dim)
         self.rbf_frequencies_ag = nn.Parameter(math.pi * torch.arange(1, num_radial + 1, dtype=torch.float32))
         self.rbf_frequencies_bg = nn.Parameter(math.pi * torch.arange(1, num_radial + 1, dtype=torch.float32))
@@ -308,23 +312,24 @@ class CHGNet(nn.Module):
                 with its reverse.
             edge_vectors: [E, 3] float, ``r_j + S . cell - r_i`` in Å.
             num_nodes: N.
+
+        An undirected bond is short when its length is below the bond-graph
+        cutoff; an angle is an ordered pair of distinct short directed edges
+        that leave the same atom (as in ``chgnet``'s line graph).
         """
         device = edge_index.device
         n_edges = edge_index.shape[1]
         center = edge_index[0]
-        neighbor = edge_index[1]
-        lengths = torch.linalg.norm(edge_vectors, dim=1)
         rev = reverse_edges(edge_index, edge_shifts, num_nodes)
-        arange_e = torch.arange(n_edges, device=device)
-        is_rep = arange_e < rev
+        is_rep = torch.arange(n_edges, device=device) < rev
         bond_id = torch.cumsum(is_rep.to(torch.long), 0) - 1
         edge_bond = torch.where(is_rep, bond_id, bond_id[rev])
-        bond_length = lengths[is_rep]
+        bond_edge = torch.nonzero(is_rep).squeeze(1)
+        bond_length = torch.linalg.norm(edge_vectors[bond_edge], dim=1)
 
-        # short bonds and the angles between short bonds sharing a centre
         is_short = bond_length < self.bond_graph_cutoff
         short_bonds = torch.nonzero(is_short).squeeze(1)
-        bond_to_short = torch.full_like(bond_length, -1, dtype=torch.long)
+        bond_to_short = torch.full_like(bond_edge, -1)
         bond_to_short[short_bonds] = torch.arange(short_bonds.shape[0], device=device)
         short_edges = torch.nonzero(is_short[edge_bond]).squeeze(1)
         centers, perm = torch.sort(center[short_edges], stable=True)
@@ -338,18 +343,46 @@ class CHGNet(nn.Module):
         keep = first != second
         e1 = short_edges[first[keep]]
         e2 = short_edges[second[keep]]
-        u = edge_vectors / lengths.unsqueeze(1)
-        cosine = (u[e1] * u[e2]).sum(dim=1) * (1.0 - 1e-6)
         return Graph(
             center=center,
-            neighbor=neighbor,
+            neighbor=edge_index[1],
             edge_bond=edge_bond,
-            bond_length=bond_length,
+            bond_edge=bond_edge,
             short_bonds=short_bonds,
             angle_center=center[e1],
+            angle_edge_i=e1,
+            angle_edge_j=e2,
             angle_bond_i=bond_to_short[edge_bond[e1]],
             angle_bond_j=bond_to_short[edge_bond[e2]],
-            angle=torch.acos(cosine),
+            bond_length=bond_length,
+            angle=self.angles(edge_vectors, e1, e2),
+        )
+
+    def angles(self, edge_vectors: Tensor, edge_i: Tensor, edge_j: Tensor) -> Tensor:
+        """Angle (radians) between edges ``edge_i`` and ``edge_j`` [A] leaving the
+        same atom; the cosine is scaled by 1 - 1e-6 before acos, as upstream."""
+        u_i = edge_vectors[edge_i]
+        u_j = edge_vectors[edge_j]
+        u_i = u_i / torch.linalg.norm(u_i, dim=1, keepdim=True)
+        u_j = u_j / torch.linalg.norm(u_j, dim=1, keepdim=True)
+        return torch.acos((u_i * u_j).sum(dim=1) * (1.0 - 1e-6))
+
+    def with_geometry(self, g: Graph, edge_vectors: Tensor) -> Graph:
+        """``g`` with its bond lengths and angles recomputed from ``edge_vectors``
+        (so that they carry gradients); the topology is reused."""
+        return Graph(
+            center=g.center,
+            neighbor=g.neighbor,
+            edge_bond=g.edge_bond,
+            bond_edge=g.bond_edge,
+            short_bonds=g.short_bonds,
+            angle_center=g.angle_center,
+            angle_edge_i=g.angle_edge_i,
+            angle_edge_j=g.angle_edge_j,
+            angle_bond_i=g.angle_bond_i,
+            angle_bond_j=g.angle_bond_j,
+            bond_length=torch.linalg.norm(edge_vectors[g.bond_edge], dim=1),
+            angle=self.angles(edge_vectors, g.angle_edge_i, g.angle_edge_j),
         )
 
     def radial_basis(self, r: Tensor, frequencies: Tensor, cutoff: float) -> Tensor:
@@ -404,6 +437,11 @@ class CHGNet(nn.Module):
     ) -> Tuple[Tensor, Tensor]:
         """Site energies [N] (eV, AtomRef included) and magmoms [N] (μB)."""
         g = self.build_graph(edge_index, edge_shifts, edge_vectors, atomic_numbers.shape[0])
+        return self.network(atomic_numbers, g)
+
+    def network(self, atomic_numbers: Tensor, g: Graph) -> Tuple[Tensor, Tensor]:
+        """The network on a built graph: embedding, interaction blocks, last atom
+        convolution and readout. Returns site energies [N] eV and magmoms [N] μB."""
         atom_feas, bond_feas, angle_feas, w_ag, w_bg = self.embed(atomic_numbers, g)
         for block in self.blocks:
             atom_feas, bond_feas, angle_feas = block(atom_feas, bond_feas, angle_feas, w_ag, w_bg, g)
@@ -434,16 +472,91 @@ class CHGNet(nn.Module):
             site_energies [N] eV (summing to the total energy), magmoms [N] μB,
             and g [E, 3] eV/Å (empty [0, 3] when ``compute_gradient`` is false).
             Forces are F_i = Σ_j g_ij - Σ_j g_ji; the virial is -Σ r_ij ⊗ g_ij.
+
+        The gradient is taken with respect to the edge vectors only (not the
+        parameters). Graphs with more than ``recompute_threshold`` edges plus
+        angles are differentiated block by block, recomputing each block's
+        forward pass, so that only one block's intermediates live at a time.
         """
-        if compute_gradient and not edge_vectors.requires_grad:
-            edge_vectors = edge_vectors.detach().requires_grad_(True)
-        site_energies, magmoms = self.energy_and_magmoms(atomic_numbers, edge_index, edge_shifts, edge_vectors)
-        if compute_gradient:
-            grad = torch.zeros_like(edge_vectors)
-            if site_energies.requires_grad:
-                grads = torch.autograd.grad([site_energies.sum()], [edge_vectors], allow_unused=True)
-                found = grads[0]
-                if found is not None:
-                    grad = found
-            return site_energies.detach(), magmoms.detach(), grad
-        return site_energies, magmoms, torch.zeros(0, 3, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        if not compute_gradient:
+            site_energies, magmoms = self.energy_and_magmoms(atomic_numbers, edge_index, edge_shifts, edge_vectors)
+            return site_energies, magmoms, torch.zeros(0, 3, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        if not torch.is_grad_enabled():
+            raise RuntimeError("compute_gradient=True needs autograd: call the model outside torch.no_grad()")
+        vectors = edge_vectors.detach()
+        g = self.build_graph(edge_index, edge_shifts, vectors, atomic_numbers.shape[0])
+        vectors.requires_grad_(True)
+        if g.center.shape[0] + g.angle_center.shape[0] > self.recompute_threshold:
+            return self.blockwise_gradient(atomic_numbers, g, vectors)
+        site_energies, magmoms = self.network(atomic_numbers, self.with_geometry(g, vectors))
+        grad = _grad_or_zeros([site_energies.sum()], [vectors], None)[0]
+        return site_energies.detach(), magmoms.detach(), grad
+
+    def block_states(self, atomic_numbers: Tensor, g: Graph) -> Tuple[List[Tuple[Tensor, Tensor, Tensor]], Tensor, Tensor]:
+        """(atom, bond, angle) features before each block and after the last
+        one, and the bond weights (w_ag [B, F], w_bg [S, F]) that every block reads."""
+        atom_feas, bond_feas, angle_feas, w_ag, w_bg = self.embed(atomic_numbers, g)
+        states: List[Tuple[Tensor, Tensor, Tensor]] = [(atom_feas, bond_feas, angle_feas)]
+        for block in self.blocks:
+            atom_feas, bond_feas, angle_feas = block(atom_feas, bond_feas, angle_feas, w_ag, w_bg, g)
+            states.append((atom_feas, bond_feas, angle_feas))
+        return states, w_ag, w_bg
+
+    def blockwise_gradient(self, atomic_numbers: Tensor, g: Graph, vectors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Memory-lean dE/d(vectors): a forward pass on detached inputs that keeps
+        only the state between blocks, then a backward pass from the readout to
+        the embedding that recomputes one block at a time and carries the
+        adjoints of the atom, bond and angle features (and of the bond weights,
+        which every block reads) from block to block.
+
+        The forward pass records no autograd graph only when the parameters do
+        not require gradients, as in modules from ``load_model``
+        (``torch.no_grad`` blocks whose results are used later do not compile
+        in TorchScript)."""
+        states, w_ag, w_bg = self.block_states(atomic_numbers, g)
+        atom_feas, bond_feas, angle_feas = states[-1]
+        magmoms = self.magmoms(atom_feas)
+        a = atom_feas.detach().requires_grad_(True)
+        b = bond_feas.detach().requires_grad_(True)
+        wa = w_ag.detach().requires_grad_(True)
+        site_energies = self.site_energies(atomic_numbers, self.last_atom_conv(a, b, wa, g))
+        adj = _grad_or_zeros([site_energies.sum()], [a, b, wa], None)
+        adj_atom, adj_bond, adj_w_ag = adj[0], adj[1], adj[2]
+        adj_angle = torch.zeros_like(angle_feas)
+        adj_w_bg = torch.zeros_like(w_bg)
+        for k in range(len(states) - 2, -1, -1):
+            for i, recomputed in enumerate(self.blocks):  # TorchScript reaches modules by iteration only
+                if i == k:
+                    inputs = [x.detach().requires_grad_(True) for x in [states[k][0], states[k][1], states[k][2], w_ag, w_bg]]
+                    out = recomputed(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], g)
+                    adj = _grad_or_zeros([out[0], out[1], out[2]], inputs, [adj_atom, adj_bond, adj_angle])
+                    adj_atom, adj_bond, adj_angle = adj[0], adj[1], adj[2]
+                    adj_w_ag = adj_w_ag + adj[3]
+                    adj_w_bg = adj_w_bg + adj[4]
+        geometry = self.with_geometry(g, vectors)
+        _, bond0, angle0, w_ag0, w_bg0 = self.embed(atomic_numbers, geometry)
+        grad = _grad_or_zeros([bond0, angle0, w_ag0, w_bg0], [vectors], [adj_bond, adj_angle, adj_w_ag, adj_w_bg])[0]
+        return site_energies.detach(), magmoms, grad
+
+
+def _grad_or_zeros(outputs: List[Tensor], inputs: List[Tensor], grad_outputs: Optional[List[Tensor]]) -> List[Tensor]:
+    """torch.autograd.grad with zeros for inputs the outputs do not depend on."""
+    outs: List[Tensor] = []
+    adjoints: List[Optional[Tensor]] = []
+    for k in range(len(outputs)):
+        if outputs[k].requires_grad:
+            outs.append(outputs[k])
+            if grad_outputs is not None:
+                adjoints.append(grad_outputs[k])
+    result = [torch.zeros_like(x) for x in inputs]
+    if len(outs) == 0:
+        return result
+    if grad_outputs is None:
+        grads = torch.autograd.grad(outs, inputs, allow_unused=True)
+    else:
+        grads = torch.autograd.grad(outs, inputs, grad_outputs=adjoints, allow_unused=True)
+    for k in range(len(inputs)):
+        found = grads[k]
+        if found is not None:
+            result[k] = found
+    return result

@@ -229,7 +229,7 @@ def from_checkpoint(path: str | os.PathLike, name: str | None = None) -> CHGNet:
             "citation": MODELS.get(name or "", ("", "", CITATION_CHGNET))[2],
         }
     )
-    return model.eval()
+    return model.requires_grad_(False).eval()
 
 
 def model_metadata(model: torch.nn.Module) -> dict[str, Any]:
@@ -274,6 +274,8 @@ def load_model(
                 raise ModelError(f"{path} is a TorchScript file but not a crossfunctional export (no metadata)")
         else:
             model = from_checkpoint(path)
+    for param in model.parameters():  # inference module: autograd tracks only the edge vectors
+        param.requires_grad_(False)
     if dtype is None:  # the file's own precision (float32 for the shipped weights)
         return model.to(device=device).eval()
     return model.to(device=device, dtype=_as_dtype(dtype)).eval()
