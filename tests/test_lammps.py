@@ -408,3 +408,55 @@ def test_more_than_one_rank_is_a_clear_error(model_file, tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "single MPI rank" in out and "has 2 ranks" in out, out[-2000:]
+
+
+# ------------------------------------------------------- example and MD helpers
+def test_example_nvt_si_runs(model_file, calc, tmp_path):
+    """examples/lammps/in.nvt_si runs with `lmp` (10 steps here) and starts at
+    the ASE energy of its data file."""
+    from ase.io import read
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "lammps"
+    cmd = _lmp_command() + ["-in", str(example / "in.nvt_si"), "-var", "dir", str(example)]
+    cmd += ["-var", "model", str(model_file), "-var", "steps", "10", "-log", "none"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_lmp_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _thermo(proc.stdout)
+    atoms = read(example / "si_64.data", format="lammps-data", atom_style="atomic")
+    atoms.numbers[:] = 14
+    assert len(atoms) == 64
+    assert abs(rows[0]["PotEng"] - _reference(atoms, calc)["energy"]) / 64 < TOL_E
+    assert (tmp_path / "nvt_si.lammpstrj").is_file()
+
+
+def test_run_md_maps_back_to_the_input_frame(model_file, calc):
+    """run_md on a rotated triclinic cell: the first trajectory frame has the
+    input's positions and ASE's forces in the input's own frame (LAMMPS works
+    in a rotated, lower-triangular frame)."""
+    from crossfunctional.workflows.lammps_md import run_md
+
+    atoms = _triclinic()
+    atoms.rotate(37, "x", rotate_cell=True)
+    atoms.rotate(-20, "z", rotate_cell=True)
+    res = run_md(atoms, model_file, ensemble="nvt", temperature=300, steps=10, thermo_every=5, dump_every=10, threads=1)
+    assert list(res.thermo["step"]) == [0, 5, 10]
+    assert {"temp_K", "pe_eV", "etotal_eV", "press_bar", "vol_A3"} <= set(res.thermo.columns)
+    assert len(res.trajectory) == 2
+    first = res.trajectory[0]
+    assert first.get_chemical_symbols() == atoms.get_chemical_symbols()
+    assert np.allclose(first.cell.array, atoms.cell.array, atol=1e-6)
+    frac = first.cell.scaled_positions(first.positions) - atoms.cell.scaled_positions(atoms.positions)
+    assert np.abs(frac - np.round(frac)).max() < 1e-6
+    assert np.abs(first.get_forces() - _reference(atoms, calc)["forces"]).max() < TOL_F
+    assert abs(res.thermo["pe_eV"].iloc[0] - _reference(atoms, calc)["energy"]) / len(atoms) < TOL_E
+
+
+def test_ase_md_nve_conserves_energy(calc):
+    from crossfunctional.workflows.lammps_md import ase_md
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    res = ase_md(atoms, calculator=calc, ensemble="nve", temperature=300, steps=20, thermo_every=5, dump_every=10)
+    assert list(res.thermo["step"]) == [0, 5, 10, 15, 20]
+    assert np.ptp(res.thermo["etotal_eV"]) / len(atoms) < 1e-3
+    assert res.thermo["temp_K"].iloc[0] > 100
+    assert len(res.trajectory) == 3

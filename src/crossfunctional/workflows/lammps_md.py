@@ -101,7 +101,15 @@ def write_data(atoms: Atoms, path: str | os.PathLike, species: list[str] | None 
     os.close(fd)
     try:
         with open(tmp, "w") as fh:
-            write_lammps_data(fh, atoms, specorder=list(species), masses=True, prismobj=prism, units="metal")
+            write_lammps_data(
+                fh, atoms, specorder=list(species), masses=True, prismobj=prism, units="metal",
+                # ASE drops tilts below ~1e-4 relative (a slightly different
+                # structure); keep every tilt that is not exactly zero
+                force_skew=bool(np.abs(np.tril(prism.lammps_tilt, -1)).max() > 0),
+            )  # fmt: skip
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -214,3 +222,352 @@ def single_point(
         stress = data.prism.tensor2_to_ase(-pressure * BAR_TO_EV_PER_A3)
         result["stress"] = full_3x3_to_voigt_6_stress(stress)
     return result
+
+
+# ------------------------------------------------------------------------ MD
+THERMO_COLUMNS = ("step", "time", "temp", "pe", "ke", "etotal", "press", "pxx", "pyy", "pzz", "pxy", "pxz", "pyz", "vol", "density")
+
+
+@dataclass
+class MDResult:
+    """Outcome of :func:`run_md` or :func:`ase_md`.
+
+    Attributes:
+        trajectory: snapshots as ASE Atoms (positions, cell, velocities;
+            forces, energy and site energies attached as a single-point
+            calculator where the engine wrote them), in the input's frame.
+        thermo: pandas DataFrame, one row per thermo output, columns
+            ``step, time_ps, temp_K, pe_eV, ke_eV, etotal_eV, press_bar, pxx_bar,
+            ... , vol_A3, density_g_cm3``.
+        engine: ``"lammps"`` or ``"ase"``.
+        log: the LAMMPS log file (LAMMPS runs in a work folder) or None.
+    """
+
+    trajectory: list[Atoms]
+    thermo: "object"
+    engine: str
+    log: Path | None = None
+    info: dict = field(default_factory=dict)
+
+    def write(self, folder: str | os.PathLike) -> dict[str, Path]:
+        """Write ``trajectory.extxyz`` and ``thermo.csv`` into ``folder``."""
+        from ase.io import write
+
+        from crossfunctional.io import atomic_path, atomic_write
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"trajectory": folder / "trajectory.extxyz", "thermo": folder / "thermo.csv"}
+        with atomic_path(paths["trajectory"]) as tmp:
+            write(tmp, self.trajectory, format="extxyz")
+        with atomic_write(paths["thermo"]) as fh:
+            self.thermo.to_csv(fh, index=False)
+        return paths
+
+
+def _rename_thermo(frame):
+    """LAMMPS thermo headers (``thermo_style custom`` of :data:`THERMO_COLUMNS`) -> names with units."""
+    names = {
+        "Step": "step", "Time": "time_ps", "Temp": "temp_K", "PotEng": "pe_eV", "KinEng": "ke_eV",
+        "TotEng": "etotal_eV", "Press": "press_bar", "Pxx": "pxx_bar", "Pyy": "pyy_bar", "Pzz": "pzz_bar",
+        "Pxy": "pxy_bar", "Pxz": "pxz_bar", "Pyz": "pyz_bar", "Volume": "vol_A3", "Density": "density_g_cm3",
+    }  # fmt: skip
+    return frame.rename(columns=names)
+
+
+def read_thermo(log_text: str):
+    """The thermo tables of a LAMMPS log (all runs) as one pandas DataFrame,
+    columns as LAMMPS names them."""
+    import pandas as pd
+
+    lines = log_text.splitlines()
+    rows: list[dict] = []
+    k = 0
+    while k < len(lines):
+        names = lines[k].split()
+        if names[:1] == ["Step"]:
+            k += 1
+            while k < len(lines):
+                parts = lines[k].split()
+                if len(parts) != len(names):
+                    break
+                try:
+                    rows.append(dict(zip(names, map(float, parts))))
+                except ValueError:
+                    break
+                k += 1
+        k += 1
+    frame = pd.DataFrame(rows)
+    if "Step" in frame:
+        frame["Step"] = frame["Step"].astype(int)
+    return frame
+
+
+def _md_fix(ensemble: str, temperature: float, pressure_bar: float, tdamp_ps: float, pdamp_ps: float, barostat: str) -> str:
+    ensemble = ensemble.lower()
+    if ensemble == "nve":
+        return "fix cf_md all nve"
+    if ensemble == "nvt":
+        return f"fix cf_md all nvt temp {temperature} {temperature} {tdamp_ps}"
+    if ensemble == "npt":
+        if barostat not in ("iso", "aniso", "tri"):
+            raise ValueError(f"barostat must be iso, aniso or tri, got {barostat!r}")
+        return (
+            f"fix cf_md all npt temp {temperature} {temperature} {tdamp_ps} "
+            f"{barostat} {pressure_bar} {pressure_bar} {pdamp_ps}"
+        )
+    raise ValueError(f"ensemble must be nve, nvt or npt, got {ensemble!r}")
+
+
+def run_md(
+    atoms: Atoms,
+    model: str | os.PathLike,
+    ensemble: str = "nvt",
+    temperature: float = 300.0,
+    pressure: float = 0.0,
+    timestep: float = 1.0,
+    steps: int = 1000,
+    thermo_every: int = 10,
+    dump_every: int = 100,
+    tdamp: float = 100.0,
+    pdamp: float = 1000.0,
+    barostat: str = "iso",
+    seed: int = 12345,
+    threads: int | None = None,
+    workdir: str | os.PathLike | None = None,
+    extra_commands: list[str] | None = None,
+) -> MDResult:
+    """Molecular dynamics in LAMMPS with ``pair_style chgnet``.
+
+    Args:
+        atoms: start structure; its velocities are used if it has any,
+            otherwise velocities are drawn at ``temperature``.
+        model: exported TorchScript model file, or a registered model name
+            (then exported into the work folder first).
+        ensemble: ``"nve"``, ``"nvt"`` (Nosé-Hoover) or ``"npt"`` (Nosé-Hoover,
+            MTK barostat; fully periodic cells only).
+        temperature: K. pressure: GPa (NPT; ASE/physics sign, positive compresses).
+        timestep: fs. steps: number of MD steps.
+        thermo_every, dump_every: output intervals in steps (0: no trajectory).
+        tdamp, pdamp: thermostat and barostat damping times, fs.
+        barostat: ``"iso"``, ``"aniso"`` or ``"tri"`` cell fluctuations (NPT).
+        seed: velocity seed. threads: torch threads (None: torch's default).
+        workdir: folder for the data file, log and dump (default: temporary,
+            removed afterwards).
+        extra_commands: LAMMPS commands inserted before ``run``.
+
+    Returns:
+        :class:`MDResult` with the trajectory (input frame) and thermo table.
+    """
+    from ase.io import read
+    from ase.units import fs as ase_fs
+
+    if ensemble.lower() == "npt" and not np.all(atoms.pbc):
+        raise ValueError("NPT needs a fully periodic cell")
+    tmp_ctx = tempfile.TemporaryDirectory(prefix="crossfunctional-md-") if workdir is None else None
+    folder = Path(tmp_ctx.name if tmp_ctx else workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        model_path = Path(model)
+        if not model_path.is_file():
+            from crossfunctional.models import MODELS, export
+
+            if str(model) not in MODELS:
+                raise FileNotFoundError(f"model {model!r} is neither a file nor a registered model name")
+            model_path = export(str(model), folder / f"{model}.pt")
+        data = write_data(atoms, folder / "start.data")
+        has_velocities = np.abs(atoms.get_velocities()).max() > 0 if len(atoms) else False
+        commands = [
+            "units metal",
+            "atom_style atomic",
+            f"boundary {data.boundary}",
+            f"read_data {data.path}",
+            f"pair_style chgnet {model_path.resolve()}" + (f" threads {int(threads)}" if threads else ""),
+            f"pair_coeff * * {' '.join(data.species)}",
+            f"timestep {timestep / 1000.0}",
+        ]
+        if has_velocities:
+            v = data.prism.vector_to_lammps(atoms.get_velocities()) * ase_fs * 1000.0  # Å/ps
+            commands += [f"set atom {k + 1} vx {v[k, 0]!r} vy {v[k, 1]!r} vz {v[k, 2]!r}" for k in range(len(atoms))]
+        elif temperature > 0:
+            commands.append(f"velocity all create {temperature} {seed} mom yes rot yes dist gaussian")
+        commands += [
+            _md_fix(ensemble, temperature, pressure * 1e4, tdamp / 1000.0, pdamp / 1000.0, barostat),
+            "compute cf_pe_atom all pe/atom",
+            "thermo_style custom " + " ".join(THERMO_COLUMNS),
+            "thermo_modify format float %.10g",
+            f"thermo {max(1, int(thermo_every))}",
+        ]
+        dump = folder / "trajectory.lammpstrj"
+        if dump_every > 0:
+            commands += [
+                f"dump cf_dump all custom {int(dump_every)} {dump} id type x y z vx vy vz fx fy fz c_cf_pe_atom",
+                "dump_modify cf_dump sort id format float %.12g",
+            ]
+        commands += [*(extra_commands or []), f"run {int(steps)}"]
+        log = folder / "log.lammps"
+        lmp = open_lammps(log=log)
+        try:
+            lmp.commands_list(commands)
+        finally:
+            lmp.close()
+        thermo = _rename_thermo(read_thermo(log.read_text()))
+        trajectory = []
+        if dump_every > 0 and dump.is_file():
+            trajectory = read(dump, format="lammps-dump-text", index=":", specorder=data.species, prismobj=data.prism, units="metal")
+            for frame in trajectory:
+                frame.pbc = atoms.pbc
+        return MDResult(
+            trajectory=trajectory,
+            thermo=thermo,
+            engine="lammps",
+            log=log if tmp_ctx is None else None,
+            info={"model": str(model_path), "ensemble": ensemble, "commands": commands[:6] + commands[-8:]},
+        )
+    finally:
+        if tmp_ctx is not None:
+            tmp_ctx.cleanup()
+
+
+def ase_md(
+    atoms: Atoms,
+    calculator=None,
+    model: str = "chgnet-r2scan",
+    ensemble: str = "nvt",
+    temperature: float = 300.0,
+    pressure: float = 0.0,
+    timestep: float = 1.0,
+    steps: int = 1000,
+    thermo_every: int = 10,
+    dump_every: int = 100,
+    tdamp: float = 100.0,
+    pdamp: float = 1000.0,
+    seed: int = 12345,
+) -> MDResult:
+    """The same MD through ASE's integrators, for users without LAMMPS.
+
+    NVE: velocity Verlet; NVT: Nosé-Hoover chain; NPT: isotropic MTK
+    (``ase.md.nose_hoover_chain``). Arguments as :func:`run_md`; the
+    calculator defaults to :class:`CrossFunctionalCalculator` with ``model``.
+    """
+    import pandas as pd
+    from ase import units
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+
+    if calculator is None:
+        from crossfunctional.calculators import CrossFunctionalCalculator
+
+        calculator = CrossFunctionalCalculator(model)
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    if np.abs(atoms.get_velocities()).max() == 0 and temperature > 0:
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
+        Stationary(atoms)
+        if not np.any(atoms.pbc):
+            ZeroRotation(atoms)
+    dt = timestep * units.fs
+    ensemble = ensemble.lower()
+    if ensemble == "nve":
+        from ase.md.verlet import VelocityVerlet
+
+        dyn = VelocityVerlet(atoms, timestep=dt)
+    elif ensemble == "nvt":
+        from ase.md.nose_hoover_chain import NoseHooverChainNVT
+
+        dyn = NoseHooverChainNVT(atoms, timestep=dt, temperature_K=temperature, tdamp=tdamp * units.fs)
+    elif ensemble == "npt":
+        from ase.md.nose_hoover_chain import IsotropicMTKNPT
+
+        if not np.all(atoms.pbc):
+            raise ValueError("NPT needs a fully periodic cell")
+        dyn = IsotropicMTKNPT(
+            atoms, timestep=dt, temperature_K=temperature, pressure_au=pressure * units.GPa,
+            tdamp=tdamp * units.fs, pdamp=pdamp * units.fs,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"ensemble must be nve, nvt or npt, got {ensemble!r}")
+
+    rows: list[dict] = []
+    trajectory: list[Atoms] = []
+    to_bar = 1.0 / (units.bar)
+
+    def record() -> None:
+        step = dyn.nsteps
+        if thermo_every > 0 and step % thermo_every == 0:
+            pe = atoms.get_potential_energy()
+            ke = atoms.get_kinetic_energy()
+            row = {"step": step, "time_ps": step * timestep / 1000.0, "temp_K": atoms.get_temperature(),
+                   "pe_eV": pe, "ke_eV": ke, "etotal_eV": pe + ke}  # fmt: skip
+            if np.all(atoms.pbc):
+                s = atoms.get_stress(include_ideal_gas=True, voigt=False)
+                p = -s * to_bar
+                row |= {"press_bar": np.trace(p) / 3, "pxx_bar": p[0, 0], "pyy_bar": p[1, 1], "pzz_bar": p[2, 2],
+                        "pxy_bar": p[0, 1], "pxz_bar": p[0, 2], "pyz_bar": p[1, 2], "vol_A3": atoms.get_volume(),
+                        "density_g_cm3": atoms.get_masses().sum() / units.mol / (atoms.get_volume() * 1e-24)}  # fmt: skip
+            rows.append(row)
+        if dump_every > 0 and step % dump_every == 0:
+            frame = atoms.copy()
+            frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+            trajectory.append(frame)
+
+    dyn.attach(record, interval=1)  # also called once before the first step
+    dyn.run(steps)
+    return MDResult(trajectory=trajectory, thermo=pd.DataFrame(rows), engine="ase", info={"ensemble": ensemble})
+
+
+# ----------------------------------------------------------------------- CLI
+def _cmd_md(args) -> int:
+    from crossfunctional.io import read_structures
+
+    atoms = read_structures(args.structure, index=-1)[0]
+    out = Path(args.output)
+    common = dict(
+        ensemble=args.ensemble, temperature=args.temperature, pressure=args.pressure, timestep=args.timestep,
+        steps=args.steps, thermo_every=args.thermo, dump_every=args.dump, tdamp=args.tdamp, pdamp=args.pdamp,
+        seed=args.seed,
+    )  # fmt: skip
+    if args.engine == "lammps":
+        result = run_md(atoms, args.model, threads=args.threads, workdir=out / "lammps", barostat=args.barostat, **common)
+    else:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        result = ase_md(atoms, model=args.model, **common)
+    paths = result.write(out)
+    last = result.thermo.iloc[-1]
+    print(
+        f"{args.engine} {args.ensemble.upper()} {args.steps} steps of {atoms.get_chemical_formula()}: "
+        f"final T = {last['temp_K']:.1f} K, PE = {last['pe_eV']:.6f} eV"
+        + (f", V = {last['vol_A3']:.3f} Å^3" if "vol_A3" in last else "")
+    )
+    print(f"wrote {paths['trajectory']} ({len(result.trajectory)} frames) and {paths['thermo']}")
+    return 0
+
+
+def add_md_command(sub) -> None:
+    """Register ``crossfunctional md`` on the command line's sub-parsers."""
+    p = sub.add_parser(
+        "md",
+        help="molecular dynamics (NVE/NVT/NPT) in LAMMPS with pair_style chgnet, or with ASE",
+        description="Run MD from any structure file ase.io.read understands; writes trajectory.extxyz and "
+        "thermo.csv (and, for LAMMPS, lammps/log.lammps) into the output folder.",
+    )
+    p.add_argument("structure", help="start structure (the last frame of the file)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--engine", choices=["lammps", "ase"], default="lammps", help="LAMMPS plugin (default) or ASE")
+    p.add_argument("--model", default="chgnet-r2scan", help="exported .pt file or registered model name")
+    p.add_argument("--ensemble", choices=["nve", "nvt", "npt"], default="nvt")
+    p.add_argument("-T", "--temperature", type=float, default=300.0, help="K (default 300)")
+    p.add_argument("-P", "--pressure", type=float, default=0.0, help="GPa, NPT only (default 0)")
+    p.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--thermo", type=int, default=10, help="thermo output every N steps (default 10)")
+    p.add_argument("--dump", type=int, default=100, help="trajectory frame every N steps (default 100; 0: none)")
+    p.add_argument("--tdamp", type=float, default=100.0, help="thermostat damping time, fs (default 100)")
+    p.add_argument("--pdamp", type=float, default=1000.0, help="barostat damping time, fs (default 1000)")
+    p.add_argument("--barostat", choices=["iso", "aniso", "tri"], default="iso", help="NPT cell fluctuations (LAMMPS)")
+    p.add_argument("--seed", type=int, default=12345, help="velocity seed")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=_cmd_md)
