@@ -103,8 +103,8 @@ class GatedMLP(nn.Module):
     input ``x`` is a concatenation of ``n_parts`` feature blocks of width
     ``part_dim``.
 
-    The first linear layer of core and gate is stored stacked, ``[2H, n_parts *
-    part_dim]``, so that ``project(k, x_k)`` returns block ``k``'s contribution
+    The first linear layer of core and gate is stored stacked and split by
+    input block, ``[n_parts, 2H, part_dim]``, so that ``project(k, x_k)`` returns block ``k``'s contribution
     ``[n, 2H]`` and ``forward(sum of projections)`` finishes the MLP. With one
     hidden layer (``hidden_dim > 0``) a SiLU and a second linear layer follow,
     as in ``chgnet.model.functions.MLP``.
@@ -117,7 +117,7 @@ class GatedMLP(nn.Module):
         self.first_out = first_out
         self.hidden_dim = hidden_dim
         self.out_dim = out_dim
-        self.weight_in = nn.Parameter(torch.zeros(2 * first_out, n_parts * part_dim))
+        self.weight_in = nn.Parameter(torch.zeros(n_parts, 2 * first_out, part_dim))
         self.bias_in = nn.Parameter(torch.zeros(2 * first_out))
         h = max(hidden_dim, 1)
         self.weight_core_out = nn.Parameter(torch.zeros(out_dim, h))
@@ -131,7 +131,7 @@ class GatedMLP(nn.Module):
         """Contribution of input block ``part`` ([n, part_dim]) -> [n, 2H]. The
         bias travels with block 0, which is computed per atom or bond, before
         the gather onto edges or angles."""
-        w = self.weight_in[:, part * self.part_dim : (part + 1) * self.part_dim]
+        w = self.weight_in[part]
         if part == 0:
             return F.linear(x, w, self.bias_in)
         return F.linear(x, w)
@@ -157,11 +157,11 @@ class AtomConv(nn.Module):
     def forward(self, atom_feas: Tensor, bond_feas: Tensor, bond_weights: Tensor, g: Graph) -> Tensor:
         """atom_feas [N, F], bond_feas [B, F], bond_weights [B, F] -> [N, F]."""
         pre = (
-            self.mlp.project(0, atom_feas)[g.center]
-            + self.mlp.project(1, bond_feas)[g.edge_bond]
-            + self.mlp.project(2, atom_feas)[g.neighbor]
+            torch.index_select(self.mlp.project(0, atom_feas), 0, g.center)
+            + torch.index_select(self.mlp.project(1, bond_feas), 0, g.edge_bond)
+            + torch.index_select(self.mlp.project(2, atom_feas), 0, g.neighbor)
         )
-        messages = self.mlp(pre) * bond_weights[g.edge_bond]
+        messages = self.mlp(pre) * torch.index_select(bond_weights, 0, g.edge_bond)
         summed = torch.zeros_like(atom_feas).index_add_(0, g.center, messages)
         return atom_feas + self.out(summed)
 
@@ -180,14 +180,14 @@ class BondConv(nn.Module):
     ) -> Tensor:
         """atom_feas [N, F], bond_feas [B, F], short_weights [S, F], angle_feas
         [A, F] -> updated bond_feas [B, F] (only short bonds change)."""
-        short_feas = bond_feas[g.short_bonds]
+        short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
         pre = (
-            self.mlp.project(0, short_feas)[g.angle_bond_i]
-            + self.mlp.project(1, short_feas)[g.angle_bond_j]
+            torch.index_select(self.mlp.project(0, short_feas), 0, g.angle_bond_i)
+            + torch.index_select(self.mlp.project(1, short_feas), 0, g.angle_bond_j)
             + self.mlp.project(2, angle_feas)
-            + self.mlp.project(3, atom_feas)[g.angle_center]
+            + torch.index_select(self.mlp.project(3, atom_feas), 0, g.angle_center)
         )
-        update = self.mlp(pre) * short_weights[g.angle_bond_i] * short_weights[g.angle_bond_j]
+        update = self.mlp(pre) * torch.index_select(short_weights, 0, g.angle_bond_i) * torch.index_select(short_weights, 0, g.angle_bond_j)
         summed = torch.zeros_like(short_feas).index_add_(0, g.angle_bond_i, update)
         return bond_feas.index_add(0, g.short_bonds, self.out(summed))
 
@@ -201,12 +201,12 @@ class AngleUpdate(nn.Module):
 
     def forward(self, atom_feas: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
         """atom_feas [N, F], bond_feas [B, F], angle_feas [A, F] -> [A, F]."""
-        short_feas = bond_feas[g.short_bonds]
+        short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
         pre = (
-            self.mlp.project(0, short_feas)[g.angle_bond_i]
-            + self.mlp.project(1, short_feas)[g.angle_bond_j]
+            torch.index_select(self.mlp.project(0, short_feas), 0, g.angle_bond_i)
+            + torch.index_select(self.mlp.project(1, short_feas), 0, g.angle_bond_j)
             + self.mlp.project(2, angle_feas)
-            + self.mlp.project(3, atom_feas)[g.angle_center]
+            + torch.index_select(self.mlp.project(3, atom_feas), 0, g.angle_center)
         )
         return angle_feas + self.mlp(pre)
 

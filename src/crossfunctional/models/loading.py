@@ -133,11 +133,14 @@ def _check_args(args: dict[str, Any], path: Path) -> dict[str, Any]:
     }
 
 
-def _gated_mlp_state(sd: dict[str, torch.Tensor], prefix: str, hidden: int) -> dict[str, torch.Tensor]:
-    """Upstream GatedMLP weights -> ours (core and gate first layers stacked)."""
+def _gated_mlp_state(sd: dict[str, torch.Tensor], prefix: str, hidden: int, part_dim: int) -> dict[str, torch.Tensor]:
+    """Upstream GatedMLP weights -> ours (core and gate first layers stacked, then
+    split by input block of width ``part_dim``: [n_parts, 2H, part_dim])."""
     first = 0 if hidden > 0 else 1  # MLP(hidden=0) is [Dropout, Linear]
+    stacked = torch.cat([sd[f"{prefix}.mlp_core.layers.{first}.weight"], sd[f"{prefix}.mlp_gate.layers.{first}.weight"]])
+    n_parts = stacked.shape[1] // part_dim
     out = {
-        "weight_in": torch.cat([sd[f"{prefix}.mlp_core.layers.{first}.weight"], sd[f"{prefix}.mlp_gate.layers.{first}.weight"]]),
+        "weight_in": stacked.reshape(stacked.shape[0], n_parts, part_dim).transpose(0, 1).contiguous(),
         "bias_in": torch.cat([sd[f"{prefix}.mlp_core.layers.{first}.bias"], sd[f"{prefix}.mlp_gate.layers.{first}.bias"]]),
         "norm_core.weight": sd[f"{prefix}.bn1.weight"],
         "norm_core.bias": sd[f"{prefix}.bn1.bias"],
@@ -178,14 +181,14 @@ def convert_state_dict(sd: dict[str, torch.Tensor], kwargs: dict[str, Any]) -> d
     n_conv = kwargs["n_conv"]
     for b in range(n_conv):
         target = f"blocks.{b}.atom_conv" if b < n_conv - 1 else "last_atom_conv"
-        for key, value in _gated_mlp_state(sd, f"atom_conv_layers.{b}.twoBody_atom", kwargs["atom_hidden"]).items():
+        for key, value in _gated_mlp_state(sd, f"atom_conv_layers.{b}.twoBody_atom", kwargs["atom_hidden"], kwargs["dim"]).items():
             new[f"{target}.mlp.{key}"] = value
         new[f"{target}.out.weight"] = sd[f"atom_conv_layers.{b}.mlp_out.layers.1.weight"]
     for b in range(n_conv - 1):
-        for key, value in _gated_mlp_state(sd, f"bond_conv_layers.{b}.twoBody_bond", kwargs["bond_hidden"]).items():
+        for key, value in _gated_mlp_state(sd, f"bond_conv_layers.{b}.twoBody_bond", kwargs["bond_hidden"], kwargs["dim"]).items():
             new[f"blocks.{b}.bond_conv.mlp.{key}"] = value
         new[f"blocks.{b}.bond_conv.out.weight"] = sd[f"bond_conv_layers.{b}.mlp_out.layers.1.weight"]
-        for key, value in _gated_mlp_state(sd, f"angle_layers.{b}.twoBody_bond", kwargs["angle_hidden"]).items():
+        for key, value in _gated_mlp_state(sd, f"angle_layers.{b}.twoBody_bond", kwargs["angle_hidden"], kwargs["dim"]).items():
             new[f"blocks.{b}.angle_update.mlp.{key}"] = value
     return new
 
