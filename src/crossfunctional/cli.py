@@ -200,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     from crossfunctional.lammps import add_lammps_commands
 
     add_lammps_commands(sub)
+
+    # phonons with phonopy (issue 4); phonopy itself is imported only when the command runs
+    from crossfunctional.workflows.phonons import add_phonons_command
+
+    add_phonons_command(sub)
     return parser
 
 
