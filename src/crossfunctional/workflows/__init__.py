@@ -1,4 +1,4 @@
-"""Workflows: structure relaxation and the Sol58LC density benchmark."""
+"""Workflows: relaxation, the Sol58LC density benchmark, phonons (phonopy, optional extra)."""
 
 from crossfunctional.workflows.density import (
     DensityBenchmark,
@@ -9,10 +9,12 @@ from crossfunctional.workflows.density import (
     density_benchmark,
     load_sol58lc,
 )
+from crossfunctional.workflows.phonons import PhononResult, phonons
 from crossfunctional.workflows.relax import RelaxResult, relax
 
 __all__ = [
     "DensityBenchmark",
+    "PhononResult",
     "RelaxResult",
     "Solid",
     "build_solid",
@@ -20,5 +22,6 @@ __all__ = [
     "density",
     "density_benchmark",
     "load_sol58lc",
+    "phonons",
     "relax",
 ]

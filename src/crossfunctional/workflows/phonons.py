@@ -369,28 +369,42 @@ def _to_ase_atoms(cell: PhonopyAtoms) -> Atoms:
     )
 
 
-def evaluate_forces(calculator, supercells: Sequence[Atoms], progress: bool = True) -> np.ndarray:
+def evaluate_forces(calculator, supercells: Sequence[Atoms], progress: bool = True, batch_size: int = 8) -> np.ndarray:
     """Forces on each supercell with ``calculator``.
 
-    This is the single place where displaced supercells are evaluated; a
-    batched evaluation (many structures in one graph) slots in here.
+    This is the single place where displaced supercells are evaluated. With a
+    :class:`~crossfunctional.calculators.CrossFunctionalCalculator` the
+    supercells go through :func:`~crossfunctional.calculators.predict_batch`,
+    ``batch_size`` at a time as one batched graph; any other ASE calculator is
+    called one supercell at a time.
 
     Args:
         calculator: an ASE calculator (for phonons, float64).
         supercells: S structures of N atoms each.
         progress: show a tqdm progress bar on stderr.
+        batch_size: supercells per batched graph.
 
     Returns:
         [S, N, 3] float64 forces, eV/Å.
     """
     from tqdm.auto import tqdm
 
+    from crossfunctional.calculators import CrossFunctionalCalculator, predict_batch
+
     out = []
-    for sc in tqdm(supercells, desc="displaced supercells", unit="cell", disable=not progress, leave=False):
-        work = sc.copy()
-        work.calc = calculator
-        out.append(np.array(work.get_forces(), dtype=np.float64))
-        work.calc = None
+    with tqdm(total=len(supercells), desc="displaced supercells", unit="cell", disable=not progress, leave=False) as bar:
+        if isinstance(calculator, CrossFunctionalCalculator):
+            for start in range(0, len(supercells), batch_size):
+                chunk = list(supercells[start : start + batch_size])
+                out.extend(np.array(r["forces"], dtype=np.float64) for r in predict_batch(chunk, calculator))
+                bar.update(len(chunk))
+        else:
+            for sc in supercells:
+                work = sc.copy()
+                work.calc = calculator
+                out.append(np.array(work.get_forces(), dtype=np.float64))
+                work.calc = None
+                bar.update(1)
     return np.stack(out) if out else np.zeros((0, 0, 3))
 
 
