@@ -11,7 +11,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from crossfunctional.models import DEFAULT_MODEL, load_model, model_metadata
+from crossfunctional.models import DEFAULT_MODEL, ModelError, load_model, model_metadata
 from crossfunctional.neighbors import Edges, StructureError, neighbor_list
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class CrossFunctionalCalculator(Calculator):
         dtype: None (the model file's own precision: float32 for the shipped
             weights), ``"float32"`` or ``"float64"`` (for
             phonons and finite differences).
+        task: the channel of a multi-task checkpoint (e.g. ``"r2scan"``),
+            folded into a plain model (:func:`crossfunctional.models.load_model`).
 
     Properties, in ASE units: ``energy`` and ``free_energy`` (eV), ``forces``
     (eV/Å), ``stress`` (eV/Å³, Voigt order, positive tensile; only for fully
@@ -57,7 +59,9 @@ class CrossFunctionalCalculator(Calculator):
     in eV, AtomRef included, summing to ``energy``).
 
     Raises:
-        crossfunctional.models.ModelError: unknown model or unreadable file.
+        crossfunctional.models.ModelError: unknown model or unreadable file; a
+            multi-task checkpoint without ``task``, an unknown task (the message
+            names the available ones), or ``task`` for a single-task model.
         crossfunctional.neighbors.StructureError: a structure the model cannot
             evaluate (unknown element, NaN, atoms closer than 0.5 Å, ...).
     """
@@ -69,13 +73,16 @@ class CrossFunctionalCalculator(Calculator):
         model: str | torch.nn.Module = DEFAULT_MODEL,
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = None,
+        task: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if isinstance(model, torch.nn.Module):
+            if task is not None:
+                raise ModelError("task= selects the channel of a multi-task model file; a loaded module has one task already")
             self.model = model
         else:
-            self.model = load_model(model, device=device, dtype=dtype)
+            self.model = load_model(model, device=device, dtype=dtype, task=task)
         param = next(iter(self.model.parameters()))
         self.device = param.device
         self.dtype = param.dtype

