@@ -509,3 +509,12 @@ def test_error_atoms_too_close(model_file, tmp_path):
          "pair_coeff * * Si", "run 0"]  # fmt: skip
     )
     assert "closer than 0.5 Angstrom" in msg and "0.2449" in msg
+
+
+def test_error_bad_keyword_and_unusable_device(model_file, si_data):
+    head = ["units metal", "atom_style atomic", f"read_data {si_data}"]
+    msg = _lammps_error(head + [f"pair_style chgnet {model_file} thread 2"])
+    assert "unknown keyword 'thread'" in msg
+    if not torch.cuda.is_available():
+        msg = _lammps_error(head + [f"pair_style chgnet {model_file} device cuda"])
+        assert "no usable CUDA device" in msg
