@@ -489,5 +489,11 @@ def test_cli_fit_correlate_and_scaling(small_labelled, tmp_path, capsys):
         slope = (math.log10(pts[1][1]) - math.log10(pts[0][1])) / (math.log10(pts[1][0]) - math.log10(pts[0][0]))
         assert fits[method]["energy"]["slope"] == pytest.approx(slope, rel=1e-6)
     assert (tmp_path / "sc" / "scaling.png").is_file()
+    small = write_extxyz(train[:10], tmp_path / "small.extxyz")
+    assert main(["transfer", "finetune", str(small), "--split", "0.8", "0.2", "--split-by", "structure", "--epochs", "1",
+                 "--batch-size", "8", "--method", "frozen-atomref", "--no-progress", "-o", str(tmp_path / "ft")]) == 0
+    assert "8 / 2" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["split"] == "val"
+    assert (tmp_path / "ft" / "model.pt").is_file() and (tmp_path / "ft" / "model.pth.tar").is_file()
     assert main(["transfer", "fit-atomref", str(tmp_path / "missing.extxyz"), "-o", str(tmp_path / "x.json")]) == 2
     assert "not found" in capsys.readouterr().err

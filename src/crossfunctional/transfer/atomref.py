@@ -249,8 +249,7 @@ def fit_atomref(
     present = np.flatnonzero(A.any(axis=0))
     src = np.zeros(MAX_Z) if source is None else get_atomref(source)
     src_desc = "" if source is None else (source if isinstance(source, str) else type(source).__name__)
-    if np.isnan(src[present]).any() or np.isnan(src).any():
-        src = np.where(np.isnan(src), 0.0, src)
+    src = np.nan_to_num(src, nan=0.0)  # elements a partial atomref.json does not list count as 0
     Ap = A[:, present]
     u, s, vt = np.linalg.svd(Ap, full_matrices=True)
     rank = int((s > RANK_RTOL * s.max()).sum())
