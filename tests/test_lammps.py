@@ -518,3 +518,24 @@ def test_error_bad_keyword_and_unusable_device(model_file, si_data):
     if not torch.cuda.is_available():
         msg = _lammps_error(head + [f"pair_style chgnet {model_file} device cuda"])
         assert "no usable CUDA device" in msg
+
+
+def test_cli_md_both_engines(model_file, tmp_path):
+    import pandas as pd
+    from ase.io import read, write
+
+    from crossfunctional.cli import main
+
+    structure = tmp_path / "mgo.cif"
+    write(structure, bulk("MgO", "rocksalt", a=4.21, cubic=True))
+    for engine in ("lammps", "ase"):
+        out = tmp_path / engine
+        args = ["md", str(structure), "-o", str(out), "--engine", engine, "--model", str(model_file)]
+        args += ["--ensemble", "npt", "--steps", "10", "--thermo", "5", "--dump", "5", "--threads", "1"]
+        assert main(args) == 0
+        thermo = pd.read_csv(out / "thermo.csv")
+        assert list(thermo["step"]) == [0, 5, 10]
+        assert thermo["vol_A3"].iloc[0] == pytest.approx(4.21**3, rel=1e-6)
+        frames = read(out / "trajectory.extxyz", index=":")
+        assert len(frames) == 3 and frames[0].get_chemical_formula() == "Mg4O4"
+    assert (tmp_path / "lammps" / "lammps" / "log.lammps").is_file()
