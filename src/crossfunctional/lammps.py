@@ -26,8 +26,9 @@ that ``liblammps.so`` needs and returns that folder, which ``lammps`` puts on
 no ``plugin load`` line is needed.
 
 Threads: the model runs on torch's intra-op thread pool (OpenMP). Its size is
-``OMP_NUM_THREADS`` if set, else torch's default (the number of physical
-cores); ``pair_style chgnet model.pt threads N`` overrides it. Run LAMMPS on a
+``pair_style chgnet model.pt threads N`` if given, else ``OMP_NUM_THREADS``; with
+neither, 1 thread (LAMMPS sets its OpenMP default to 1 and torch follows it,
+in ``lmp`` and in ``lammps.lammps()`` alike). Run LAMMPS on a
 single MPI rank (the multi-rank version is not written yet) and do not add
 LAMMPS' own OpenMP styles (``package omp``/``-sf omp``) on top: both pools
 would compete for the same cores.
