@@ -221,7 +221,7 @@ def test_two_task_training_lowers_the_loss_resumes_and_exports(tiny_data, tmp_pa
     assert float(rows_a[-1]["val_score"]) == pytest.approx(res.history[-1]["val_score"], rel=1e-5)
 
     # training lowered the loss and the r2scan channel's validation force and stress errors
-    # (measured: 0.029 -> 0.020 eV/Å, 0.26 -> 0.21 GPa)
+    # (measured: 0.029 -> 0.019 eV/Å, 0.26 -> 0.22 GPa)
     h = res.history
     assert h[2]["train_loss"] < h[1]["train_loss"]
     assert h[0]["val_r2scan_f"] > 0.02  # the GGA start is off for the r2scan task
@@ -231,7 +231,8 @@ def test_two_task_training_lowers_the_loss_resumes_and_exports(tiny_data, tmp_pa
     # the best (lowest validation score) checkpoint may be epoch 0
     assert h[0]["val_pbe_e"] < 1e-6 and h[0]["val_pbe_f"] < 1e-5
     assert res.best_epoch == min(h, key=lambda r: r["val_score"])["epoch"]
-    assert h[-1]["bias_norm_r2scan"] > 0 and h[-1]["learning_rate"] == pytest.approx(1e-5)
+    # the task biases learn at 300 x the shared rate (norm 17.8 after 6 steps; ~0.03 at the shared rate)
+    assert h[-1]["bias_norm_r2scan"] > 5.0 and h[-1]["learning_rate"] == pytest.approx(1e-5)
     assert "r2scan" in res.atomref_notes and (tmp_path / "b" / "atomref_r2scan.json").is_file()
     for name in ("best_model.pth.tar", "history.csv", "training_curves.png", "metrics.json", "run.json"):
         assert (tmp_path / "b" / name).is_file(), name
@@ -293,4 +294,6 @@ def test_bad_input_gives_clear_errors(tiny_data, upstream, tmp_path, capsys):
         train_multitask({"pbe": train["pbe"], "r2 scan": train["r2scan"]}, None, output_dir=tmp_path / "r7", **kwargs)
     with pytest.raises(ValueError, match="task_weights for unknown task"):
         train_multitask(train, val, output_dir=tmp_path / "r8", task_weights={"hse": 2.0}, **kwargs)
-    assert not any((tmp_path / f"r{k}").exists() for k in range(1, 9))
+    with pytest.raises(ValueError, match="task_lr_factor must be > 0"):
+        train_multitask(train, val, output_dir=tmp_path / "r9", task_lr_factor=0.0, **kwargs)
+    assert not any((tmp_path / f"r{k}").exists() for k in range(1, 10))
