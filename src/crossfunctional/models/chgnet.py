@@ -166,6 +166,17 @@ class AtomConv(nn.Module):
         return atom_feas + self.out(summed)
 
 
+def _angle_projection(mlp: GatedMLP, atom_feas: Tensor, short_feas: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
+    """First-layer input of the angle MLPs for ``[e_ij, e_ik, a_jik, v_i]``:
+    short_feas [S, F], angle_feas [A, F], atom_feas [N, F] -> [A, 2H]."""
+    return (
+        torch.index_select(mlp.project(0, short_feas), 0, g.angle_bond_i)
+        + torch.index_select(mlp.project(1, short_feas), 0, g.angle_bond_j)
+        + mlp.project(2, angle_feas)
+        + torch.index_select(mlp.project(3, atom_feas), 0, g.angle_center)
+    )
+
+
 class BondConv(nn.Module):
     """Bond update on the short-bond graph (CHGNet Eq. 4): for a short bond
     ``e_ij``, ``e_ij += L(Σ_k φ([e_ij, e_ik, a_jik, v_i]) * W e~_ij * W e~_ik)``."""
@@ -181,12 +192,7 @@ class BondConv(nn.Module):
         """atom_feas [N, F], bond_feas [B, F], short_weights [S, F], angle_feas
         [A, F] -> updated bond_feas [B, F] (only short bonds change)."""
         short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
-        pre = (
-            torch.index_select(self.mlp.project(0, short_feas), 0, g.angle_bond_i)
-            + torch.index_select(self.mlp.project(1, short_feas), 0, g.angle_bond_j)
-            + self.mlp.project(2, angle_feas)
-            + torch.index_select(self.mlp.project(3, atom_feas), 0, g.angle_center)
-        )
+        pre = _angle_projection(self.mlp, atom_feas, short_feas, angle_feas, g)
         update = self.mlp(pre) * torch.index_select(short_weights, 0, g.angle_bond_i) * torch.index_select(short_weights, 0, g.angle_bond_j)
         summed = torch.zeros_like(short_feas).index_add_(0, g.angle_bond_i, update)
         return bond_feas.index_add(0, g.short_bonds, self.out(summed))
@@ -202,12 +208,7 @@ class AngleUpdate(nn.Module):
     def forward(self, atom_feas: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
         """atom_feas [N, F], bond_feas [B, F], angle_feas [A, F] -> [A, F]."""
         short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
-        pre = (
-            torch.index_select(self.mlp.project(0, short_feas), 0, g.angle_bond_i)
-            + torch.index_select(self.mlp.project(1, short_feas), 0, g.angle_bond_j)
-            + self.mlp.project(2, angle_feas)
-            + torch.index_select(self.mlp.project(3, atom_feas), 0, g.angle_center)
-        )
+        pre = _angle_projection(self.mlp, atom_feas, short_feas, angle_feas, g)
         return angle_feas + self.mlp(pre)
 
 
