@@ -235,9 +235,21 @@ class InteractionBlock(nn.Module):
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """Returns the updated (atom_feas [N, F], bond_feas [B, F], angle_feas [A, F])."""
         atom_feas = self.atom_conv(atom_feas, bond_feas, bond_weights_ag, g)
+        bond_feas, angle_feas = self.update_bonds_and_angles(atom_feas, bond_feas, angle_feas, short_weights_bg, g)
+        return atom_feas, bond_feas, angle_feas
+
+    def update_bonds_and_angles(
+        self, atom_feas: Tensor, bond_feas: Tensor, angle_feas: Tensor, short_weights_bg: Tensor, g: Graph
+    ) -> Tuple[Tensor, Tensor]:
+        """Second half of the block, after the atom convolution: bond
+        convolution, then angle update, from the already updated atom
+        features (atom_feas [N, F], bond_feas [B, F], angle_feas [A, F],
+        short_weights_bg [S, F]). Returns (bond_feas [B, F], angle_feas [A, F]).
+        An engine that exchanges ghost atom features does so between
+        ``atom_conv`` and this call."""
         bond_feas = self.bond_conv(atom_feas, bond_feas, short_weights_bg, angle_feas, g)
         angle_feas = self.angle_update(atom_feas, bond_feas, angle_feas, g)
-        return atom_feas, bond_feas, angle_feas
+        return bond_feas, angle_feas
 
 
 class CHGNet(nn.Module):
