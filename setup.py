@@ -25,12 +25,16 @@ setup(
         "crossfunctional.transfer",
         "crossfunctional.data",
         "crossfunctional.calculators",
+        "crossfunctional.lammps_plugin",
     ],
     package_dir={
         "crossfunctional": "src/crossfunctional",
         "crossfunctional.calculators": "calculators",
+        # C++ sources of pair_style chgnet, so that `crossfunctional build-lammps-plugin`
+        # also works from a regular (non-editable) install
+        "crossfunctional.lammps_plugin": "lammps_plugin",
     },
-    package_data={"crossfunctional.data": ["*.csv"]},
+    package_data={"crossfunctional.data": ["*.csv"], "crossfunctional.lammps_plugin": ["*.cpp", "*.h", "CMakeLists.txt", "README.md"]},
     install_requires=[
         "torch>=2.1",
         "chgnet>=0.4.2",
