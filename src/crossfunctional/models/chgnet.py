@@ -104,10 +104,15 @@ class GatedMLP(nn.Module):
     ``part_dim``.
 
     The first linear layer of core and gate is stored stacked and split by
-    input block, ``[n_parts, 2H, part_dim]``, so that ``project(k, x_k)`` returns block ``k``'s contribution
-    ``[n, 2H]`` and ``forward(sum of projections)`` finishes the MLP. With one
-    hidden layer (``hidden_dim > 0``) a SiLU and a second linear layer follow,
-    as in ``chgnet.model.functions.MLP``.
+    input block, ``[n_parts, 2H, part_dim]``, so that ``project(k, x_k)``
+    returns block ``k``'s contribution ``[n, 2H]`` (core columns first, then
+    gate) and ``forward(sum of projections)`` finishes the MLP. With one hidden
+    layer (``hidden_dim > 0``) a SiLU and a second linear layer follow, as in
+    ``chgnet.model.functions.MLP``.
+
+    ``forward`` splits ``pre`` with ``split``/``view`` only (no slicing), so
+    that the backward pass concatenates the two halves' gradients instead of
+    zero-filling a full-width buffer for each.
     """
 
     def __init__(self, part_dim: int, n_parts: int, hidden_dim: int, out_dim: int) -> None:
@@ -127,6 +132,7 @@ class GatedMLP(nn.Module):
         self.norm_core = nn.LayerNorm(out_dim)
         self.norm_gate = nn.LayerNorm(out_dim)
 
+    @torch.jit.export
     def project(self, part: int, x: Tensor) -> Tensor:
         """Contribution of input block ``part`` ([n, part_dim]) -> [n, 2H]. The
         bias travels with block 0, which is computed per atom or bond, before
@@ -136,14 +142,26 @@ class GatedMLP(nn.Module):
             return F.linear(x, w, self.bias_in)
         return F.linear(x, w)
 
+    @torch.jit.export
+    def project_onto(self, part: int, x: Tensor, gathered: Tensor) -> Tensor:
+        """``gathered + project(part, x)`` in one matrix product: x [n, part_dim],
+        gathered [n, 2H] (the other blocks' contributions) -> [n, 2H]."""
+        return torch.addmm(gathered, x, self.weight_in[part].t())
+
     def forward(self, pre: Tensor) -> Tensor:
         """Finish the MLP from the summed projections ``pre`` [n, 2H] -> [n, out_dim]."""
-        core = pre[:, : self.first_out]
-        gate = pre[:, self.first_out :]
         if self.hidden_dim > 0:
-            core = F.linear(F.silu(core), self.weight_core_out, self.bias_core_out)
-            gate = F.linear(F.silu(gate), self.weight_gate_out, self.bias_gate_out)
-        return F.silu(self.norm_core(core)) * torch.sigmoid(self.norm_gate(gate))
+            core, gate = F.silu(pre).split(self.first_out, dim=1)
+            core = F.linear(core, self.weight_core_out, self.bias_core_out)
+            gate = F.linear(gate, self.weight_gate_out, self.bias_gate_out)
+            return F.silu(self.norm_core(core)) * torch.sigmoid(self.norm_gate(gate))
+        # both halves normalised by one layer_norm call on [n, 2, H], then each
+        # half's affine map from the stacked [2, H] weights and biases
+        normed = F.layer_norm(pre.view(pre.shape[0], 2, self.out_dim), [self.out_dim], None, None, self.norm_core.eps)
+        weight = torch.stack([self.norm_core.weight, self.norm_gate.weight])
+        bias = torch.stack([self.norm_core.bias, self.norm_gate.bias])
+        core, gate = torch.addcmul(bias, normed, weight).unbind(1)
+        return F.silu(core) * torch.sigmoid(gate)
 
 
 class AtomConv(nn.Module):
@@ -163,23 +181,59 @@ class AtomConv(nn.Module):
         )
         messages = self.mlp(pre) * torch.index_select(bond_weights, 0, g.edge_bond)
         summed = torch.zeros_like(atom_feas).index_add_(0, g.center, messages)
-        return atom_feas + self.out(summed)
+        return torch.addmm(atom_feas, summed, self.out.weight.t())
 
 
-def _angle_projection(mlp: GatedMLP, atom_feas: Tensor, short_feas: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
-    """First-layer input of the angle MLPs for ``[e_ij, e_ik, a_jik, v_i]``:
-    short_feas [S, F], angle_feas [A, F], atom_feas [N, F] -> [A, 2H]."""
-    return (
-        torch.index_select(mlp.project(0, short_feas), 0, g.angle_bond_i)
-        + torch.index_select(mlp.project(1, short_feas), 0, g.angle_bond_j)
-        + mlp.project(2, angle_feas)
-        + torch.index_select(mlp.project(3, atom_feas), 0, g.angle_center)
+class AngleIndex(NamedTuple):
+    """Where the angles of a graph read their per-bond inputs, shared by the
+    bond convolution and the angle update of a block.
+
+    A short bond ``s`` has two directed edges: its representative edge
+    ``g.bond_edge[g.short_bonds[s]]`` is short directed edge ``s``, the reverse
+    one is ``S + s``.
+    """
+
+    edge_atom: Tensor  # [2S] int64, atom the short directed edge leaves
+    edge_bond: Tensor  # [2S] int64, short bond of the short directed edge
+    angle_edge: Tensor  # [A] int64, short directed edge of each angle's first bond
+
+
+def angle_index(g: Graph) -> AngleIndex:
+    """:class:`AngleIndex` of ``g``."""
+    n_short = g.short_bonds.shape[0]
+    rep = torch.index_select(g.bond_edge, 0, g.short_bonds)
+    short = torch.arange(n_short, device=rep.device)
+    flipped = g.angle_edge_i != torch.index_select(rep, 0, g.angle_bond_i)
+    return AngleIndex(
+        edge_atom=torch.cat([torch.index_select(g.center, 0, rep), torch.index_select(g.neighbor, 0, rep)]),
+        edge_bond=torch.cat([short, short]),
+        angle_edge=torch.where(flipped, g.angle_bond_i + n_short, g.angle_bond_i),
     )
+
+
+def _angle_mlp_input(
+    mlp: GatedMLP, atom_feas: Tensor, short_feas: Tensor, angle_feas: Tensor, g: Graph, idx: AngleIndex
+) -> Tensor:
+    """First-layer input of the angle MLPs for ``[e_ij, e_ik, a_jik, v_i]``:
+    short_feas [S, F], angle_feas [A, F], atom_feas [N, F] -> [A, 2H].
+
+    The contributions of ``e_ij`` and of the vertex ``v_i`` are summed per
+    short directed edge ([2S, 2H], much fewer rows than angles) and gathered
+    once; the angle's own contribution is one ``addmm`` onto the gathered sum.
+    """
+    per_edge = torch.index_select(mlp.project(0, short_feas), 0, idx.edge_bond) + torch.index_select(
+        mlp.project(3, atom_feas), 0, idx.edge_atom
+    )
+    gathered = torch.index_select(per_edge, 0, idx.angle_edge) + torch.index_select(
+        mlp.project(1, short_feas), 0, g.angle_bond_j
+    )
+    return mlp.project_onto(2, angle_feas, gathered)
 
 
 class BondConv(nn.Module):
     """Bond update on the short-bond graph (CHGNet Eq. 4): for a short bond
-    ``e_ij``, ``e_ij += L(Σ_k φ([e_ij, e_ik, a_jik, v_i]) * W e~_ij * W e~_ik)``."""
+    ``e_ij``, ``e_ij += L(Σ_k φ([e_ij, e_ik, a_jik, v_i]) * W e~_ij * W e~_ik)``.
+    The factor ``W e~_ij`` is common to the sum and applied after it."""
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
@@ -187,14 +241,14 @@ class BondConv(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
 
     def forward(
-        self, atom_feas: Tensor, bond_feas: Tensor, short_weights: Tensor, angle_feas: Tensor, g: Graph
+        self, atom_feas: Tensor, bond_feas: Tensor, short_weights: Tensor, angle_feas: Tensor, g: Graph, idx: AngleIndex
     ) -> Tensor:
         """atom_feas [N, F], bond_feas [B, F], short_weights [S, F], angle_feas
         [A, F] -> updated bond_feas [B, F] (only short bonds change)."""
         short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
-        pre = _angle_projection(self.mlp, atom_feas, short_feas, angle_feas, g)
-        update = self.mlp(pre) * torch.index_select(short_weights, 0, g.angle_bond_i) * torch.index_select(short_weights, 0, g.angle_bond_j)
-        summed = torch.zeros_like(short_feas).index_add_(0, g.angle_bond_i, update)
+        pre = _angle_mlp_input(self.mlp, atom_feas, short_feas, angle_feas, g, idx)
+        update = self.mlp(pre) * torch.index_select(short_weights, 0, g.angle_bond_j)
+        summed = torch.zeros_like(short_feas).index_add_(0, g.angle_bond_i, update) * short_weights
         return bond_feas.index_add(0, g.short_bonds, self.out(summed))
 
 
@@ -205,21 +259,28 @@ class AngleUpdate(nn.Module):
         super().__init__()
         self.mlp = GatedMLP(dim, 4, hidden_dim, dim)
 
-    def forward(self, atom_feas: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
+    def forward(self, atom_feas: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph, idx: AngleIndex) -> Tensor:
         """atom_feas [N, F], bond_feas [B, F], angle_feas [A, F] -> [A, F]."""
         short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
-        pre = _angle_projection(self.mlp, atom_feas, short_feas, angle_feas, g)
-        return angle_feas + self.mlp(pre)
+        return angle_feas + self.mlp(_angle_mlp_input(self.mlp, atom_feas, short_feas, angle_feas, g, idx))
 
 
 class InteractionBlock(nn.Module):
     """One CHGNet interaction block: atom convolution, then bond convolution and
     angle update on the short-bond graph. The state (atom, bond, angle
     features) goes in and out explicitly, so that an engine can exchange ghost
-    atom features between blocks (``MPI_DESIGN.md``)."""
+    atom features between blocks (``MPI_DESIGN.md``).
 
-    def __init__(self, dim: int, atom_hidden: int, bond_hidden: int, angle_hidden: int) -> None:
+    With ``update_angles=False`` (CHGNet's last block, whose angle features
+    nothing reads) the angle update is skipped and the angle features come out
+    as they went in; the module and its weights are still there
+    (``block.angle_update``)."""
+
+    def __init__(
+        self, dim: int, atom_hidden: int, bond_hidden: int, angle_hidden: int, update_angles: bool = True
+    ) -> None:
         super().__init__()
+        self.update_angles = update_angles
         self.atom_conv = AtomConv(dim, atom_hidden)
         self.bond_conv = BondConv(dim, bond_hidden)
         self.angle_update = AngleUpdate(dim, angle_hidden)
@@ -242,13 +303,15 @@ class InteractionBlock(nn.Module):
         self, atom_feas: Tensor, bond_feas: Tensor, angle_feas: Tensor, short_weights_bg: Tensor, g: Graph
     ) -> Tuple[Tensor, Tensor]:
         """Second half of the block, after the atom convolution: bond
-        convolution, then angle update, from the already updated atom
-        features (atom_feas [N, F], bond_feas [B, F], angle_feas [A, F],
-        short_weights_bg [S, F]). Returns (bond_feas [B, F], angle_feas [A, F]).
-        An engine that exchanges ghost atom features does so between
-        ``atom_conv`` and this call."""
-        bond_feas = self.bond_conv(atom_feas, bond_feas, short_weights_bg, angle_feas, g)
-        angle_feas = self.angle_update(atom_feas, bond_feas, angle_feas, g)
+        convolution, then angle update (unless ``update_angles`` is false),
+        from the already updated atom features (atom_feas [N, F], bond_feas
+        [B, F], angle_feas [A, F], short_weights_bg [S, F]). Returns (bond_feas
+        [B, F], angle_feas [A, F]). An engine that exchanges ghost atom
+        features does so between ``atom_conv`` and this call."""
+        idx = angle_index(g)
+        bond_feas = self.bond_conv(atom_feas, bond_feas, short_weights_bg, angle_feas, g, idx)
+        if self.update_angles:
+            angle_feas = self.angle_update(atom_feas, bond_feas, angle_feas, g, idx)
         return bond_feas, angle_feas
 
 
@@ -306,7 +369,10 @@ class CHGNet(nn.Module):
         self.bond_weights_bg = nn.Linear(num_radial, dim, bias=False)
         self.angle_embedding = nn.Linear(num_angular, dim, bias=False)
         self.blocks = nn.ModuleList(
-            [InteractionBlock(dim, atom_hidden, bond_hidden, angle_hidden) for _ in range(n_conv - 1)]
+            [
+                InteractionBlock(dim, atom_hidden, bond_hidden, angle_hidden, update_angles=k < n_conv - 2)
+                for k in range(n_conv - 1)
+            ]
         )
         self.last_atom_conv = AtomConv(dim, atom_hidden)
         self.site_wise = nn.Linear(dim, 1)
