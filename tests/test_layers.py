@@ -126,7 +126,6 @@ def upstream_intermediates(model, atoms: Atoms, dtype: torch.dtype) -> dict:
 
 def our_intermediates(model, atoms: Atoms) -> dict:
     """Our graph and intermediate tensors, calling the model's pieces by hand."""
-    from crossfunctional.models.chgnet import angle_index
     from crossfunctional.neighbors import neighbor_list
 
     dtype = model.atomref.dtype
@@ -145,7 +144,7 @@ def our_intermediates(model, atoms: Atoms) -> dict:
         for k, block in enumerate(model.blocks):
             atom, bond, new_angle = block(atom, bond, angle, w_ag, w_bg, g)
             if not block.update_angles:  # the model skips the last angle update (read by nothing); run it here
-                new_angle = block.angle_update(atom, bond, angle, g, angle_index(g))
+                new_angle = block.angle_update(atom, bond, angle, g)
             angle = new_angle
             out[f"atom_conv.{k}"], out[f"bond_conv.{k}"], out[f"angle_update.{k}"] = atom, bond, angle
         out["magmoms"] = model.magmoms(atom)

@@ -104,13 +104,14 @@ class GatedMLP(nn.Module):
     ``part_dim``.
 
     The first linear layer of core and gate is stored stacked and split by
-    input block, ``[n_parts, 2H, part_dim]``, so that ``project(k, x_k)``
-    returns block ``k``'s contribution ``[n, 2H]`` (core columns first, then
-    gate) and ``forward(sum of projections)`` finishes the MLP. With one hidden
-    layer (``hidden_dim > 0``) a SiLU and a second linear layer follow, as in
+    input block, ``weight_in`` [n_parts, 2H, part_dim] (core rows first, then
+    gate) and ``bias_in`` [2H]: the convolutions multiply each block with its
+    slice, once per atom, bond or angle, and sum the products gathered onto
+    edges or angles; ``forward(sum)`` finishes the MLP. With one hidden layer
+    (``hidden_dim > 0``) a SiLU and a second linear layer follow, as in
     ``chgnet.model.functions.MLP``.
 
-    ``forward`` splits ``pre`` with ``split``/``view`` only (no slicing), so
+    ``forward`` splits its input with ``split``/``view`` only (no slicing), so
     that the backward pass concatenates the two halves' gradients instead of
     zero-filling a full-width buffer for each.
     """
@@ -132,24 +133,8 @@ class GatedMLP(nn.Module):
         self.norm_core = nn.LayerNorm(out_dim)
         self.norm_gate = nn.LayerNorm(out_dim)
 
-    @torch.jit.export
-    def project(self, part: int, x: Tensor) -> Tensor:
-        """Contribution of input block ``part`` ([n, part_dim]) -> [n, 2H]. The
-        bias travels with block 0, which is computed per atom or bond, before
-        the gather onto edges or angles."""
-        w = self.weight_in[part]
-        if part == 0:
-            return F.linear(x, w, self.bias_in)
-        return F.linear(x, w)
-
-    @torch.jit.export
-    def project_onto(self, part: int, x: Tensor, gathered: Tensor) -> Tensor:
-        """``gathered + project(part, x)`` in one matrix product: x [n, part_dim],
-        gathered [n, 2H] (the other blocks' contributions) -> [n, 2H]."""
-        return torch.addmm(gathered, x, self.weight_in[part].t())
-
     def forward(self, pre: Tensor) -> Tensor:
-        """Finish the MLP from the summed projections ``pre`` [n, 2H] -> [n, out_dim]."""
+        """Finish the MLP from the first layer's output ``pre`` [n, 2H] -> [n, out_dim]."""
         if self.hidden_dim > 0:
             core, gate = F.silu(pre).split(self.first_out, dim=1)
             core = F.linear(core, self.weight_core_out, self.bias_core_out)
@@ -173,11 +158,17 @@ class AtomConv(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
 
     def forward(self, atom_feas: Tensor, bond_feas: Tensor, bond_weights: Tensor, g: Graph) -> Tensor:
-        """atom_feas [N, F], bond_feas [B, F], bond_weights [B, F] -> [N, F]."""
+        """atom_feas [N, F], bond_feas [B, F], bond_weights [B, F] -> [N, F].
+
+        The ``v_i`` and ``v_j`` blocks of the first layer are one product per
+        atom ([N, 4H]), the ``e_ij`` block (with the bias) one per bond; their
+        gathers onto the edges are summed in place."""
+        w = self.mlp.weight_in  # [3, 2H, F]: v_i, e_ij, v_j
+        p_i, p_j = F.linear(atom_feas, torch.cat([w[0], w[2]])).split(w.shape[1], dim=1)
         pre = (
-            torch.index_select(self.mlp.project(0, atom_feas), 0, g.center)
-            + torch.index_select(self.mlp.project(1, bond_feas), 0, g.edge_bond)
-            + torch.index_select(self.mlp.project(2, atom_feas), 0, g.neighbor)
+            torch.index_select(p_i, 0, g.center)
+            .add_(torch.index_select(F.linear(bond_feas, w[1], self.mlp.bias_in), 0, g.edge_bond))
+            .add_(torch.index_select(p_j, 0, g.neighbor))
         )
         messages = self.mlp(pre) * torch.index_select(bond_weights, 0, g.edge_bond)
         summed = torch.zeros_like(atom_feas).index_add_(0, g.center, messages)
@@ -194,40 +185,42 @@ class AngleIndex(NamedTuple):
     """
 
     edge_atom: Tensor  # [2S] int64, atom the short directed edge leaves
-    edge_bond: Tensor  # [2S] int64, short bond of the short directed edge
     angle_edge: Tensor  # [A] int64, short directed edge of each angle's first bond
 
 
 def angle_index(g: Graph) -> AngleIndex:
     """:class:`AngleIndex` of ``g``."""
-    n_short = g.short_bonds.shape[0]
     rep = torch.index_select(g.bond_edge, 0, g.short_bonds)
-    short = torch.arange(n_short, device=rep.device)
     flipped = g.angle_edge_i != torch.index_select(rep, 0, g.angle_bond_i)
     return AngleIndex(
         edge_atom=torch.cat([torch.index_select(g.center, 0, rep), torch.index_select(g.neighbor, 0, rep)]),
-        edge_bond=torch.cat([short, short]),
-        angle_edge=torch.where(flipped, g.angle_bond_i + n_short, g.angle_bond_i),
+        angle_edge=torch.where(flipped, g.angle_bond_i + rep.shape[0], g.angle_bond_i),
     )
 
 
 def _angle_mlp_input(
-    mlp: GatedMLP, atom_feas: Tensor, short_feas: Tensor, angle_feas: Tensor, g: Graph, idx: AngleIndex
+    mlp: GatedMLP, p_atom: Tensor, short_feas: Tensor, angle_feas: Tensor, idx: AngleIndex, p_ik: Tensor
 ) -> Tensor:
-    """First-layer input of the angle MLPs for ``[e_ij, e_ik, a_jik, v_i]``:
-    short_feas [S, F], angle_feas [A, F], atom_feas [N, F] -> [A, 2H].
+    """First layer of an angle MLP on ``[e_ij, e_ik, a_jik, v_i]`` -> [A, 2H].
 
-    The contributions of ``e_ij`` and of the vertex ``v_i`` are summed per
-    short directed edge ([2S, 2H], much fewer rows than angles) and gathered
-    once; the angle's own contribution is one ``addmm`` onto the gathered sum.
+    Args:
+        mlp: the gated MLP (``weight_in`` blocks e_ij, e_ik, a_jik, v_i).
+        p_atom: [2S, 2H], the ``v_i`` block (with the bias) at the atom each
+            short directed edge leaves.
+        short_feas: [S, F], features of the short bonds.
+        angle_feas: [A, F].
+        idx: the graph's :class:`AngleIndex`.
+        p_ik: [A, 2H], the ``e_ik`` block gathered onto the angles.
+
+    The ``e_ij`` and ``v_i`` blocks are summed per short directed edge
+    ([2S, 2H], much fewer rows than angles) and gathered once; the angle's own
+    block is one ``addmm`` onto the gathered sum.
     """
-    per_edge = torch.index_select(mlp.project(0, short_feas), 0, idx.edge_bond) + torch.index_select(
-        mlp.project(3, atom_feas), 0, idx.edge_atom
-    )
-    gathered = torch.index_select(per_edge, 0, idx.angle_edge) + torch.index_select(
-        mlp.project(1, short_feas), 0, g.angle_bond_j
-    )
-    return mlp.project_onto(2, angle_feas, gathered)
+    n_short = short_feas.shape[0]
+    p_ij = F.linear(short_feas, mlp.weight_in[0])
+    per_edge = (p_atom.view(2, n_short, p_ij.shape[1]) + p_ij).view(2 * n_short, p_ij.shape[1])
+    gathered = torch.index_select(per_edge, 0, idx.angle_edge).add_(p_ik)
+    return torch.addmm(gathered, angle_feas, mlp.weight_in[2].t())
 
 
 class BondConv(nn.Module):
@@ -241,12 +234,23 @@ class BondConv(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
 
     def forward(
-        self, atom_feas: Tensor, bond_feas: Tensor, short_weights: Tensor, angle_feas: Tensor, g: Graph, idx: AngleIndex
+        self, atom_feas: Tensor, bond_feas: Tensor, short_weights: Tensor, angle_feas: Tensor, g: Graph
     ) -> Tensor:
         """atom_feas [N, F], bond_feas [B, F], short_weights [S, F], angle_feas
         [A, F] -> updated bond_feas [B, F] (only short bonds change)."""
+        idx = angle_index(g)
+        p_atom = torch.index_select(F.linear(atom_feas, self.mlp.weight_in[3], self.mlp.bias_in), 0, idx.edge_atom)
+        return self.update(p_atom, bond_feas, short_weights, angle_feas, g, idx)
+
+    @torch.jit.export
+    def update(
+        self, p_atom: Tensor, bond_feas: Tensor, short_weights: Tensor, angle_feas: Tensor, g: Graph, idx: AngleIndex
+    ) -> Tensor:
+        """``forward`` from the ``v_i`` block p_atom [2S, 2H] (see
+        :func:`_angle_mlp_input`)."""
         short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
-        pre = _angle_mlp_input(self.mlp, atom_feas, short_feas, angle_feas, g, idx)
+        p_ik = torch.index_select(F.linear(short_feas, self.mlp.weight_in[1]), 0, g.angle_bond_j)
+        pre = _angle_mlp_input(self.mlp, p_atom, short_feas, angle_feas, idx, p_ik)
         update = self.mlp(pre) * torch.index_select(short_weights, 0, g.angle_bond_j)
         summed = torch.zeros_like(short_feas).index_add_(0, g.angle_bond_i, update) * short_weights
         return bond_feas.index_add(0, g.short_bonds, self.out(summed))
@@ -259,10 +263,18 @@ class AngleUpdate(nn.Module):
         super().__init__()
         self.mlp = GatedMLP(dim, 4, hidden_dim, dim)
 
-    def forward(self, atom_feas: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph, idx: AngleIndex) -> Tensor:
+    def forward(self, atom_feas: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
         """atom_feas [N, F], bond_feas [B, F], angle_feas [A, F] -> [A, F]."""
+        idx = angle_index(g)
+        p_atom = torch.index_select(F.linear(atom_feas, self.mlp.weight_in[3], self.mlp.bias_in), 0, idx.edge_atom)
+        return self.update(p_atom, bond_feas, angle_feas, g, idx)
+
+    @torch.jit.export
+    def update(self, p_atom: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph, idx: AngleIndex) -> Tensor:
+        """``forward`` from the ``v_i`` block p_atom [2S, 2H] (see :func:`_angle_mlp_input`)."""
         short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
-        return angle_feas + self.mlp(_angle_mlp_input(self.mlp, atom_feas, short_feas, angle_feas, g, idx))
+        p_ik = torch.index_select(F.linear(short_feas, self.mlp.weight_in[1]), 0, g.angle_bond_j)
+        return angle_feas + self.mlp(_angle_mlp_input(self.mlp, p_atom, short_feas, angle_feas, idx, p_ik))
 
 
 class InteractionBlock(nn.Module):
@@ -309,10 +321,18 @@ class InteractionBlock(nn.Module):
         [B, F], angle_feas [A, F]). An engine that exchanges ghost atom
         features does so between ``atom_conv`` and this call."""
         idx = angle_index(g)
-        bond_feas = self.bond_conv(atom_feas, bond_feas, short_weights_bg, angle_feas, g, idx)
-        if self.update_angles:
-            angle_feas = self.angle_update(atom_feas, bond_feas, angle_feas, g, idx)
-        return bond_feas, angle_feas
+        bond_mlp = self.bond_conv.mlp
+        angle_mlp = self.angle_update.mlp
+        if not self.update_angles:
+            p_atom = torch.index_select(F.linear(atom_feas, bond_mlp.weight_in[3], bond_mlp.bias_in), 0, idx.edge_atom)
+            return self.bond_conv.update(p_atom, bond_feas, short_weights_bg, angle_feas, g, idx), angle_feas
+        # the v_i blocks of both MLPs as one product, gathered onto the short directed edges once
+        weight = torch.cat([bond_mlp.weight_in[3], angle_mlp.weight_in[3]])
+        bias = torch.cat([bond_mlp.bias_in, angle_mlp.bias_in])
+        p_atom = torch.index_select(F.linear(atom_feas, weight, bias), 0, idx.edge_atom)
+        p_bond_atom, p_angle_atom = p_atom.split(bond_mlp.weight_in.shape[1], dim=1)
+        bond_feas = self.bond_conv.update(p_bond_atom, bond_feas, short_weights_bg, angle_feas, g, idx)
+        return bond_feas, self.angle_update.update(p_angle_atom, bond_feas, angle_feas, g, idx)
 
 
 class CHGNet(nn.Module):
