@@ -107,7 +107,8 @@ class GatedMLP(nn.Module):
     input block, ``weight_in`` [n_parts, 2H, part_dim] (core rows first, then
     gate) and ``bias_in`` [2H]: the convolutions multiply each block with its
     slice, once per atom, bond or angle, and sum the products gathered onto
-    edges or angles; ``forward(sum)`` finishes the MLP. With one hidden layer
+    edges or angles; ``forward(sum)`` (or ``forward_onto``, which adds the
+    last block's product itself) finishes the MLP. With one hidden layer
     (``hidden_dim > 0``) a SiLU and a second linear layer follow, as in
     ``chgnet.model.functions.MLP``.
 
@@ -135,18 +136,28 @@ class GatedMLP(nn.Module):
 
     def forward(self, pre: Tensor) -> Tensor:
         """Finish the MLP from the first layer's output ``pre`` [n, 2H] -> [n, out_dim]."""
+        core, gate = (F.silu(pre) if self.hidden_dim > 0 else pre).split(self.first_out, dim=1)
+        return self._gated(core, gate)
+
+    @torch.jit.export
+    def forward_onto(self, gathered: Tensor, part: int, x: Tensor) -> Tensor:
+        """``forward(gathered + x @ weight_in[part].T)``: gathered [n, 2H], the
+        other blocks' sum; x [n, part_dim] -> [n, out_dim]. Without a hidden
+        layer core and gate get one ``addmm`` each, so that each half is
+        contiguous for its layer norm."""
         if self.hidden_dim > 0:
-            core, gate = F.silu(pre).split(self.first_out, dim=1)
+            return self.forward(torch.addmm(gathered, x, self.weight_in[part].t()))
+        w_core, w_gate = self.weight_in[part].split(self.first_out, dim=0)
+        g_core, g_gate = gathered.split(self.first_out, dim=1)
+        return self._gated(torch.addmm(g_core, x, w_core.t()), torch.addmm(g_gate, x, w_gate.t()))
+
+    def _gated(self, core: Tensor, gate: Tensor) -> Tensor:
+        """From the first layer's core and gate halves ([n, H] each, after the
+        SiLU when there is a hidden layer) to the output [n, out_dim]."""
+        if self.hidden_dim > 0:
             core = F.linear(core, self.weight_core_out, self.bias_core_out)
             gate = F.linear(gate, self.weight_gate_out, self.bias_gate_out)
-            return F.silu(self.norm_core(core)) * torch.sigmoid(self.norm_gate(gate))
-        # both halves normalised by one layer_norm call on [n, 2, H], then each
-        # half's affine map from the stacked [2, H] weights and biases
-        normed = F.layer_norm(pre.view(pre.shape[0], 2, self.out_dim), [self.out_dim], None, None, self.norm_core.eps)
-        weight = torch.stack([self.norm_core.weight, self.norm_gate.weight])
-        bias = torch.stack([self.norm_core.bias, self.norm_gate.bias])
-        core, gate = torch.addcmul(bias, normed, weight).unbind(1)
-        return F.silu(core) * torch.sigmoid(gate)
+        return F.silu(self.norm_core(core)) * torch.sigmoid(self.norm_gate(gate))
 
 
 class AtomConv(nn.Module):
@@ -198,10 +209,10 @@ def angle_index(g: Graph) -> AngleIndex:
     )
 
 
-def _angle_mlp_input(
+def _angle_mlp(
     mlp: GatedMLP, p_atom: Tensor, short_feas: Tensor, angle_feas: Tensor, idx: AngleIndex, p_ik: Tensor
 ) -> Tensor:
-    """First layer of an angle MLP on ``[e_ij, e_ik, a_jik, v_i]`` -> [A, 2H].
+    """An angle MLP on ``[e_ij, e_ik, a_jik, v_i]`` -> [A, F].
 
     Args:
         mlp: the gated MLP (``weight_in`` blocks e_ij, e_ik, a_jik, v_i).
@@ -214,13 +225,13 @@ def _angle_mlp_input(
 
     The ``e_ij`` and ``v_i`` blocks are summed per short directed edge
     ([2S, 2H], much fewer rows than angles) and gathered once; the angle's own
-    block is one ``addmm`` onto the gathered sum.
+    block is a product onto the gathered sum (:meth:`GatedMLP.forward_onto`).
     """
     n_short = short_feas.shape[0]
     p_ij = F.linear(short_feas, mlp.weight_in[0])
     per_edge = (p_atom.view(2, n_short, p_ij.shape[1]) + p_ij).view(2 * n_short, p_ij.shape[1])
     gathered = torch.index_select(per_edge, 0, idx.angle_edge).add_(p_ik)
-    return torch.addmm(gathered, angle_feas, mlp.weight_in[2].t())
+    return mlp.forward_onto(gathered, 2, angle_feas)
 
 
 class BondConv(nn.Module):
@@ -247,11 +258,11 @@ class BondConv(nn.Module):
         self, p_atom: Tensor, bond_feas: Tensor, short_weights: Tensor, angle_feas: Tensor, g: Graph, idx: AngleIndex
     ) -> Tensor:
         """``forward`` from the ``v_i`` block p_atom [2S, 2H] (see
-        :func:`_angle_mlp_input`)."""
+        :func:`_angle_mlp`)."""
         short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
         p_ik = torch.index_select(F.linear(short_feas, self.mlp.weight_in[1]), 0, g.angle_bond_j)
-        pre = _angle_mlp_input(self.mlp, p_atom, short_feas, angle_feas, idx, p_ik)
-        update = self.mlp(pre) * torch.index_select(short_weights, 0, g.angle_bond_j)
+        update = _angle_mlp(self.mlp, p_atom, short_feas, angle_feas, idx, p_ik)
+        update = update * torch.index_select(short_weights, 0, g.angle_bond_j)
         summed = torch.zeros_like(short_feas).index_add_(0, g.angle_bond_i, update) * short_weights
         return bond_feas.index_add(0, g.short_bonds, self.out(summed))
 
@@ -271,10 +282,10 @@ class AngleUpdate(nn.Module):
 
     @torch.jit.export
     def update(self, p_atom: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph, idx: AngleIndex) -> Tensor:
-        """``forward`` from the ``v_i`` block p_atom [2S, 2H] (see :func:`_angle_mlp_input`)."""
+        """``forward`` from the ``v_i`` block p_atom [2S, 2H] (see :func:`_angle_mlp`)."""
         short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
         p_ik = torch.index_select(F.linear(short_feas, self.mlp.weight_in[1]), 0, g.angle_bond_j)
-        return angle_feas + self.mlp(_angle_mlp_input(self.mlp, p_atom, short_feas, angle_feas, idx, p_ik))
+        return angle_feas + _angle_mlp(self.mlp, p_atom, short_feas, angle_feas, idx, p_ik)
 
 
 class InteractionBlock(nn.Module):
