@@ -16,8 +16,11 @@ torch, so that it runs unchanged on CPU or CUDA and inside LAMMPS.
 The arithmetic is CHGNet's; the evaluation order is ours: the first linear
 layer of every gated MLP acts on a concatenation ``[x_a, x_b, ...]``, so it is
 split into one product per input and each product is computed once per atom
-or bond before it is gathered onto edges or angles. Core and gate weights are
-stacked into one matrix. The numbers equal upstream's to float rounding.
+or bond before it is gathered onto edges or angles (for the angle MLPs the
+bond and vertex blocks are first summed per short directed edge, and the
+angle's own block is an ``addmm`` onto the gathered sum). Core and gate
+weights are stacked into one matrix. The last block's angle update, which
+nothing reads, is skipped. The numbers equal upstream's to float rounding.
 """
 
 from __future__ import annotations
