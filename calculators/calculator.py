@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,7 +45,11 @@ def compiled(model: torch.nn.Module) -> torch.nn.Module:
     same kernels as the eager module (same numbers, no re-specialisation per
     graph size), without Python's overhead per operation (about 20% of the
     time on structures of a few atoms)."""
-    return model if isinstance(model, torch.jit.ScriptModule) else torch.jit.script(model)
+    if isinstance(model, torch.jit.ScriptModule):
+        return model
+    with warnings.catch_warnings():  # the project relies on TorchScript (export, LAMMPS) by design
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=DeprecationWarning)
+        return torch.jit.script(model)
 
 
 class CrossFunctionalCalculator(Calculator):
