@@ -142,7 +142,10 @@ def our_intermediates(model, atoms: Atoms) -> dict:
         atom, bond, angle, w_ag, w_bg = model.embed(z, g)
         out.update(atom_embedding=atom, bond_embedding=bond, angle_embedding=angle, bond_weights_ag=w_ag, bond_weights_bg=w_bg)
         for k, block in enumerate(model.blocks):
-            atom, bond, angle = block(atom, bond, angle, w_ag, w_bg, g)
+            atom, bond, new_angle = block(atom, bond, angle, w_ag, w_bg, g)
+            if not block.update_angles:  # the model skips the last angle update (read by nothing); run it here
+                new_angle = block.angle_update(atom, bond, angle, g)
+            angle = new_angle
             out[f"atom_conv.{k}"], out[f"bond_conv.{k}"], out[f"angle_update.{k}"] = atom, bond, angle
         out["magmoms"] = model.magmoms(atom)
         atom = model.last_atom_conv(atom, bond, w_ag, g)

@@ -16,8 +16,11 @@ torch, so that it runs unchanged on CPU or CUDA and inside LAMMPS.
 The arithmetic is CHGNet's; the evaluation order is ours: the first linear
 layer of every gated MLP acts on a concatenation ``[x_a, x_b, ...]``, so it is
 split into one product per input and each product is computed once per atom
-or bond before it is gathered onto edges or angles. Core and gate weights are
-stacked into one matrix. The numbers equal upstream's to float rounding.
+or bond before it is gathered onto edges or angles (for the angle MLPs the
+bond and vertex blocks are first summed per short directed edge, and the
+angle's own block is an ``addmm`` onto the gathered sum). Core and gate
+weights are stacked into one matrix. The last block's angle update, which
+nothing reads, is skipped. The numbers equal upstream's to float rounding.
 """
 
 from __future__ import annotations
@@ -104,10 +107,17 @@ class GatedMLP(nn.Module):
     ``part_dim``.
 
     The first linear layer of core and gate is stored stacked and split by
-    input block, ``[n_parts, 2H, part_dim]``, so that ``project(k, x_k)`` returns block ``k``'s contribution
-    ``[n, 2H]`` and ``forward(sum of projections)`` finishes the MLP. With one
-    hidden layer (``hidden_dim > 0``) a SiLU and a second linear layer follow,
-    as in ``chgnet.model.functions.MLP``.
+    input block, ``weight_in`` [n_parts, 2H, part_dim] (core rows first, then
+    gate) and ``bias_in`` [2H]: the convolutions multiply each block with its
+    slice, once per atom, bond or angle, and sum the products gathered onto
+    edges or angles; ``forward(sum)`` (or ``forward_onto``, which adds the
+    last block's product itself) finishes the MLP. With one hidden layer
+    (``hidden_dim > 0``) a SiLU and a second linear layer follow, as in
+    ``chgnet.model.functions.MLP``.
+
+    ``forward`` splits its input with ``split``/``view`` only (no slicing), so
+    that the backward pass concatenates the two halves' gradients instead of
+    zero-filling a full-width buffer for each.
     """
 
     def __init__(self, part_dim: int, n_parts: int, hidden_dim: int, out_dim: int) -> None:
@@ -127,22 +137,29 @@ class GatedMLP(nn.Module):
         self.norm_core = nn.LayerNorm(out_dim)
         self.norm_gate = nn.LayerNorm(out_dim)
 
-    def project(self, part: int, x: Tensor) -> Tensor:
-        """Contribution of input block ``part`` ([n, part_dim]) -> [n, 2H]. The
-        bias travels with block 0, which is computed per atom or bond, before
-        the gather onto edges or angles."""
-        w = self.weight_in[part]
-        if part == 0:
-            return F.linear(x, w, self.bias_in)
-        return F.linear(x, w)
-
     def forward(self, pre: Tensor) -> Tensor:
-        """Finish the MLP from the summed projections ``pre`` [n, 2H] -> [n, out_dim]."""
-        core = pre[:, : self.first_out]
-        gate = pre[:, self.first_out :]
+        """Finish the MLP from the first layer's output ``pre`` [n, 2H] -> [n, out_dim]."""
+        core, gate = (F.silu(pre) if self.hidden_dim > 0 else pre).split(self.first_out, dim=1)
+        return self._gated(core, gate)
+
+    @torch.jit.export
+    def forward_onto(self, gathered: Tensor, part: int, x: Tensor) -> Tensor:
+        """``forward(gathered + x @ weight_in[part].T)``: gathered [n, 2H], the
+        other blocks' sum; x [n, part_dim] -> [n, out_dim]. Without a hidden
+        layer core and gate get one ``addmm`` each, so that each half is
+        contiguous for its layer norm."""
         if self.hidden_dim > 0:
-            core = F.linear(F.silu(core), self.weight_core_out, self.bias_core_out)
-            gate = F.linear(F.silu(gate), self.weight_gate_out, self.bias_gate_out)
+            return self.forward(torch.addmm(gathered, x, self.weight_in[part].t()))
+        w_core, w_gate = self.weight_in[part].split(self.first_out, dim=0)
+        g_core, g_gate = gathered.split(self.first_out, dim=1)
+        return self._gated(torch.addmm(g_core, x, w_core.t()), torch.addmm(g_gate, x, w_gate.t()))
+
+    def _gated(self, core: Tensor, gate: Tensor) -> Tensor:
+        """From the first layer's core and gate halves ([n, H] each, after the
+        SiLU when there is a hidden layer) to the output [n, out_dim]."""
+        if self.hidden_dim > 0:
+            core = F.linear(core, self.weight_core_out, self.bias_core_out)
+            gate = F.linear(gate, self.weight_gate_out, self.bias_gate_out)
         return F.silu(self.norm_core(core)) * torch.sigmoid(self.norm_gate(gate))
 
 
@@ -155,31 +172,75 @@ class AtomConv(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
 
     def forward(self, atom_feas: Tensor, bond_feas: Tensor, bond_weights: Tensor, g: Graph) -> Tensor:
-        """atom_feas [N, F], bond_feas [B, F], bond_weights [B, F] -> [N, F]."""
+        """atom_feas [N, F], bond_feas [B, F], bond_weights [B, F] -> [N, F].
+
+        The ``v_i`` and ``v_j`` blocks of the first layer are one product per
+        atom ([N, 4H]), the ``e_ij`` block (with the bias) one per bond; their
+        gathers onto the edges are summed in place."""
+        w = self.mlp.weight_in  # [3, 2H, F]: v_i, e_ij, v_j
+        p_i, p_j = F.linear(atom_feas, torch.cat([w[0], w[2]])).split(w.shape[1], dim=1)
         pre = (
-            torch.index_select(self.mlp.project(0, atom_feas), 0, g.center)
-            + torch.index_select(self.mlp.project(1, bond_feas), 0, g.edge_bond)
-            + torch.index_select(self.mlp.project(2, atom_feas), 0, g.neighbor)
+            torch.index_select(p_i, 0, g.center)
+            .add_(torch.index_select(F.linear(bond_feas, w[1], self.mlp.bias_in), 0, g.edge_bond))
+            .add_(torch.index_select(p_j, 0, g.neighbor))
         )
         messages = self.mlp(pre) * torch.index_select(bond_weights, 0, g.edge_bond)
         summed = torch.zeros_like(atom_feas).index_add_(0, g.center, messages)
-        return atom_feas + self.out(summed)
+        return torch.addmm(atom_feas, summed, self.out.weight.t())
 
 
-def _angle_projection(mlp: GatedMLP, atom_feas: Tensor, short_feas: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
-    """First-layer input of the angle MLPs for ``[e_ij, e_ik, a_jik, v_i]``:
-    short_feas [S, F], angle_feas [A, F], atom_feas [N, F] -> [A, 2H]."""
-    return (
-        torch.index_select(mlp.project(0, short_feas), 0, g.angle_bond_i)
-        + torch.index_select(mlp.project(1, short_feas), 0, g.angle_bond_j)
-        + mlp.project(2, angle_feas)
-        + torch.index_select(mlp.project(3, atom_feas), 0, g.angle_center)
+class AngleIndex(NamedTuple):
+    """Where the angles of a graph read their per-bond inputs, shared by the
+    bond convolution and the angle update of a block.
+
+    A short bond ``s`` has two directed edges: its representative edge
+    ``g.bond_edge[g.short_bonds[s]]`` is short directed edge ``s``, the reverse
+    one is ``S + s``.
+    """
+
+    edge_atom: Tensor  # [2S] int64, atom the short directed edge leaves
+    angle_edge: Tensor  # [A] int64, short directed edge of each angle's first bond
+
+
+def angle_index(g: Graph) -> AngleIndex:
+    """:class:`AngleIndex` of ``g``."""
+    rep = torch.index_select(g.bond_edge, 0, g.short_bonds)
+    flipped = g.angle_edge_i != torch.index_select(rep, 0, g.angle_bond_i)
+    return AngleIndex(
+        edge_atom=torch.cat([torch.index_select(g.center, 0, rep), torch.index_select(g.neighbor, 0, rep)]),
+        angle_edge=torch.where(flipped, g.angle_bond_i + rep.shape[0], g.angle_bond_i),
     )
+
+
+def _angle_mlp(
+    mlp: GatedMLP, p_atom: Tensor, short_feas: Tensor, angle_feas: Tensor, idx: AngleIndex, p_ik: Tensor
+) -> Tensor:
+    """An angle MLP on ``[e_ij, e_ik, a_jik, v_i]`` -> [A, F].
+
+    Args:
+        mlp: the gated MLP (``weight_in`` blocks e_ij, e_ik, a_jik, v_i).
+        p_atom: [2S, 2H], the ``v_i`` block (with the bias) at the atom each
+            short directed edge leaves.
+        short_feas: [S, F], features of the short bonds.
+        angle_feas: [A, F].
+        idx: the graph's :class:`AngleIndex`.
+        p_ik: [A, 2H], the ``e_ik`` block gathered onto the angles.
+
+    The ``e_ij`` and ``v_i`` blocks are summed per short directed edge
+    ([2S, 2H], much fewer rows than angles) and gathered once; the angle's own
+    block is a product onto the gathered sum (:meth:`GatedMLP.forward_onto`).
+    """
+    n_short = short_feas.shape[0]
+    p_ij = F.linear(short_feas, mlp.weight_in[0])
+    per_edge = (p_atom.view(2, n_short, p_ij.shape[1]) + p_ij).view(2 * n_short, p_ij.shape[1])
+    gathered = torch.index_select(per_edge, 0, idx.angle_edge).add_(p_ik)
+    return mlp.forward_onto(gathered, 2, angle_feas)
 
 
 class BondConv(nn.Module):
     """Bond update on the short-bond graph (CHGNet Eq. 4): for a short bond
-    ``e_ij``, ``e_ij += L(Σ_k φ([e_ij, e_ik, a_jik, v_i]) * W e~_ij * W e~_ik)``."""
+    ``e_ij``, ``e_ij += L(Σ_k φ([e_ij, e_ik, a_jik, v_i]) * W e~_ij * W e~_ik)``.
+    The factor ``W e~_ij`` is common to the sum and applied after it."""
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
@@ -191,10 +252,21 @@ class BondConv(nn.Module):
     ) -> Tensor:
         """atom_feas [N, F], bond_feas [B, F], short_weights [S, F], angle_feas
         [A, F] -> updated bond_feas [B, F] (only short bonds change)."""
+        idx = angle_index(g)
+        p_atom = torch.index_select(F.linear(atom_feas, self.mlp.weight_in[3], self.mlp.bias_in), 0, idx.edge_atom)
+        return self.update(p_atom, bond_feas, short_weights, angle_feas, g, idx)
+
+    @torch.jit.export
+    def update(
+        self, p_atom: Tensor, bond_feas: Tensor, short_weights: Tensor, angle_feas: Tensor, g: Graph, idx: AngleIndex
+    ) -> Tensor:
+        """``forward`` from the ``v_i`` block p_atom [2S, 2H] (see
+        :func:`_angle_mlp`)."""
         short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
-        pre = _angle_projection(self.mlp, atom_feas, short_feas, angle_feas, g)
-        update = self.mlp(pre) * torch.index_select(short_weights, 0, g.angle_bond_i) * torch.index_select(short_weights, 0, g.angle_bond_j)
-        summed = torch.zeros_like(short_feas).index_add_(0, g.angle_bond_i, update)
+        p_ik = torch.index_select(F.linear(short_feas, self.mlp.weight_in[1]), 0, g.angle_bond_j)
+        update = _angle_mlp(self.mlp, p_atom, short_feas, angle_feas, idx, p_ik)
+        update = update * torch.index_select(short_weights, 0, g.angle_bond_j)
+        summed = torch.zeros_like(short_feas).index_add_(0, g.angle_bond_i, update) * short_weights
         return bond_feas.index_add(0, g.short_bonds, self.out(summed))
 
 
@@ -207,19 +279,34 @@ class AngleUpdate(nn.Module):
 
     def forward(self, atom_feas: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
         """atom_feas [N, F], bond_feas [B, F], angle_feas [A, F] -> [A, F]."""
+        idx = angle_index(g)
+        p_atom = torch.index_select(F.linear(atom_feas, self.mlp.weight_in[3], self.mlp.bias_in), 0, idx.edge_atom)
+        return self.update(p_atom, bond_feas, angle_feas, g, idx)
+
+    @torch.jit.export
+    def update(self, p_atom: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph, idx: AngleIndex) -> Tensor:
+        """``forward`` from the ``v_i`` block p_atom [2S, 2H] (see :func:`_angle_mlp`)."""
         short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
-        pre = _angle_projection(self.mlp, atom_feas, short_feas, angle_feas, g)
-        return angle_feas + self.mlp(pre)
+        p_ik = torch.index_select(F.linear(short_feas, self.mlp.weight_in[1]), 0, g.angle_bond_j)
+        return angle_feas + _angle_mlp(self.mlp, p_atom, short_feas, angle_feas, idx, p_ik)
 
 
 class InteractionBlock(nn.Module):
     """One CHGNet interaction block: atom convolution, then bond convolution and
     angle update on the short-bond graph. The state (atom, bond, angle
     features) goes in and out explicitly, so that an engine can exchange ghost
-    atom features between blocks (``MPI_DESIGN.md``)."""
+    atom features between blocks (``MPI_DESIGN.md``).
 
-    def __init__(self, dim: int, atom_hidden: int, bond_hidden: int, angle_hidden: int) -> None:
+    With ``update_angles=False`` (CHGNet's last block, whose angle features
+    nothing reads) the angle update is skipped and the angle features come out
+    as they went in; the module and its weights are still there
+    (``block.angle_update``)."""
+
+    def __init__(
+        self, dim: int, atom_hidden: int, bond_hidden: int, angle_hidden: int, update_angles: bool = True
+    ) -> None:
         super().__init__()
+        self.update_angles = update_angles
         self.atom_conv = AtomConv(dim, atom_hidden)
         self.bond_conv = BondConv(dim, bond_hidden)
         self.angle_update = AngleUpdate(dim, angle_hidden)
@@ -242,14 +329,24 @@ class InteractionBlock(nn.Module):
         self, atom_feas: Tensor, bond_feas: Tensor, angle_feas: Tensor, short_weights_bg: Tensor, g: Graph
     ) -> Tuple[Tensor, Tensor]:
         """Second half of the block, after the atom convolution: bond
-        convolution, then angle update, from the already updated atom
-        features (atom_feas [N, F], bond_feas [B, F], angle_feas [A, F],
-        short_weights_bg [S, F]). Returns (bond_feas [B, F], angle_feas [A, F]).
-        An engine that exchanges ghost atom features does so between
-        ``atom_conv`` and this call."""
-        bond_feas = self.bond_conv(atom_feas, bond_feas, short_weights_bg, angle_feas, g)
-        angle_feas = self.angle_update(atom_feas, bond_feas, angle_feas, g)
-        return bond_feas, angle_feas
+        convolution, then angle update (unless ``update_angles`` is false),
+        from the already updated atom features (atom_feas [N, F], bond_feas
+        [B, F], angle_feas [A, F], short_weights_bg [S, F]). Returns (bond_feas
+        [B, F], angle_feas [A, F]). An engine that exchanges ghost atom
+        features does so between ``atom_conv`` and this call."""
+        idx = angle_index(g)
+        bond_mlp = self.bond_conv.mlp
+        angle_mlp = self.angle_update.mlp
+        if not self.update_angles:
+            p_atom = torch.index_select(F.linear(atom_feas, bond_mlp.weight_in[3], bond_mlp.bias_in), 0, idx.edge_atom)
+            return self.bond_conv.update(p_atom, bond_feas, short_weights_bg, angle_feas, g, idx), angle_feas
+        # the v_i blocks of both MLPs as one product, gathered onto the short directed edges once
+        weight = torch.cat([bond_mlp.weight_in[3], angle_mlp.weight_in[3]])
+        bias = torch.cat([bond_mlp.bias_in, angle_mlp.bias_in])
+        p_atom = torch.index_select(F.linear(atom_feas, weight, bias), 0, idx.edge_atom)
+        p_bond_atom, p_angle_atom = p_atom.split(bond_mlp.weight_in.shape[1], dim=1)
+        bond_feas = self.bond_conv.update(p_bond_atom, bond_feas, short_weights_bg, angle_feas, g, idx)
+        return bond_feas, self.angle_update.update(p_angle_atom, bond_feas, angle_feas, g, idx)
 
 
 class CHGNet(nn.Module):
@@ -306,7 +403,10 @@ class CHGNet(nn.Module):
         self.bond_weights_bg = nn.Linear(num_radial, dim, bias=False)
         self.angle_embedding = nn.Linear(num_angular, dim, bias=False)
         self.blocks = nn.ModuleList(
-            [InteractionBlock(dim, atom_hidden, bond_hidden, angle_hidden) for _ in range(n_conv - 1)]
+            [
+                InteractionBlock(dim, atom_hidden, bond_hidden, angle_hidden, update_angles=k < n_conv - 2)
+                for k in range(n_conv - 1)
+            ]
         )
         self.last_atom_conv = AtomConv(dim, atom_hidden)
         self.site_wise = nn.Linear(dim, 1)
