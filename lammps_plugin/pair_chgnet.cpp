@@ -604,16 +604,11 @@ void PairCHGNet::build_unfolded_graph()
   const double short_cut = model->bond_cutoff() * (1.0 + 1.0e-4);
   const double shortsq = short_cut * short_cut;
   const double minsq = MIN_DISTANCE * MIN_DISTANCE;
-  const bool ghost_pairs_all = (mode == SHELL);
 
-  std::vector<int64_t> src, dst;
-  auto &shifts = graph->edge_shifts;
-  auto &vectors = graph->edge_vectors;
-  shifts.clear();
-  vectors.clear();
-  edge_i.clear();
-  edge_j.clear();
-
+  // candidate pairs i < j within the cutoff, each from its lower index;
+  // in exchange mode ghost-ghost pairs only if short
+  std::vector<int> pi, pj;
+  std::vector<double> pr;
   const int ntotal = list->inum + list->gnum;
   int *ilist = list->ilist;
   int *numneigh = list->numneigh;
@@ -627,29 +622,80 @@ void PairCHGNet::build_unfolded_graph()
     const int jnum = numneigh[i];
     for (int jj = 0; jj < jnum; jj++) {
       const int j = jlist[jj] & NEIGHMASK;
-      if (j <= i || type_z[type[j]] == 0) continue;    // each pair from its lower index
+      if (j <= i || type_z[type[j]] == 0) continue;
       const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
       const double rsq = dx * dx + dy * dy + dz * dz;
       if (rsq >= cutsq_model) continue;
-      if (ghost_i && !ghost_pairs_all && rsq >= shortsq) continue;
+      if (ghost_i && mode == EXCHANGE && rsq >= shortsq) continue;
       if (rsq < minsq)
         error->one(FLERR,
                    "pair_style chgnet: atoms ID {} and {} are {:.4f} Angstrom apart, closer than "
                    "{} Angstrom",
                    tag[i], tag[j], std::sqrt(rsq), MIN_DISTANCE);
-      src.push_back(i);
-      dst.push_back(j);
-      vectors.insert(vectors.end(), {dx, dy, dz});
-      edge_i.push_back(i);
-      edge_j.push_back(j);
-      src.push_back(j);
-      dst.push_back(i);
-      vectors.insert(vectors.end(), {-dx, -dy, -dz});
-      edge_i.push_back(j);
-      edge_j.push_back(i);
+      pi.push_back(i);
+      pj.push_back(j);
+      pr.insert(pr.end(), {dx, dy, dz, rsq});
     }
   }
-  shifts.assign(3 * src.size(), 0);
+
+  // exchange mode: keep a ghost-ghost short bond only where it is needed.
+  // With exchanged atom features, the bond and angle features of short
+  // bonds at local atoms after the last of n_conv - 1 bond updates are
+  // right if every atom within H = n_conv - 1 short-bond hops of a local
+  // atom has all its short bonds (and so all its angles) in the graph.
+  std::vector<char> keep(pi.size(), 1);
+  if (mode == EXCHANGE) {
+    const int max_hop = model->num_segments() - 1;
+    std::vector<int> degree(nall + 1, 0);
+    for (size_t p = 0; p < pi.size(); p++)
+      if (pr[4 * p + 3] < shortsq) {
+        degree[pi[p] + 1]++;
+        degree[pj[p] + 1]++;
+      }
+    for (int i = 0; i < nall; i++) degree[i + 1] += degree[i];
+    std::vector<int> adjacent(degree[nall]), fill(degree.begin(), degree.end() - 1);
+    for (size_t p = 0; p < pi.size(); p++)
+      if (pr[4 * p + 3] < shortsq) {
+        adjacent[fill[pi[p]]++] = pj[p];
+        adjacent[fill[pj[p]]++] = pi[p];
+      }
+    hop.assign(nall, max_hop + 1);
+    std::vector<int> front, next;
+    for (int i = 0; i < nlocal; i++)
+      if (type_z[type[i]] > 0) {
+        hop[i] = 0;
+        front.push_back(i);
+      }
+    for (int h = 1; h <= max_hop && !front.empty(); h++) {
+      next.clear();
+      for (int i : front)
+        for (int k = degree[i]; k < degree[i + 1]; k++)
+          if (hop[adjacent[k]] > h) {
+            hop[adjacent[k]] = h;
+            next.push_back(adjacent[k]);
+          }
+      front.swap(next);
+    }
+    for (size_t p = 0; p < pi.size(); p++)
+      if (pi[p] >= nlocal && std::min(hop[pi[p]], hop[pj[p]]) > max_hop) keep[p] = 0;
+  }
+
+  std::vector<int64_t> src, dst;
+  auto &vectors = graph->edge_vectors;
+  vectors.clear();
+  edge_i.clear();
+  edge_j.clear();
+  for (size_t p = 0; p < pi.size(); p++) {
+    if (!keep[p]) continue;
+    const int i = pi[p], j = pj[p];
+    const double *d = &pr[4 * p];
+    src.insert(src.end(), {i, j});
+    dst.insert(dst.end(), {j, i});
+    vectors.insert(vectors.end(), {d[0], d[1], d[2], -d[0], -d[1], -d[2]});
+    edge_i.insert(edge_i.end(), {i, j});
+    edge_j.insert(edge_j.end(), {j, i});
+  }
+  graph->edge_shifts.assign(3 * src.size(), 0);
   auto &edge_index = graph->edge_index;
   edge_index.resize(src.size() + dst.size());
   std::copy(src.begin(), src.end(), edge_index.begin());

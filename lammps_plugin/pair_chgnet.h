@@ -74,6 +74,7 @@ class PairCHGNet : public Pair {
   double *comm_rows;       // rows being exchanged (one per local + ghost atom)
   int comm_width;
   std::vector<double> energy_weight;    // 1 for local atoms of a chgnet type, else 0
+  std::vector<int> hop;    // exchange: short-bond hops from the nearest local atom
 
   std::unique_ptr<crossfunctional::TorchModel> model;
   std::unique_ptr<crossfunctional::GraphInput> graph;
