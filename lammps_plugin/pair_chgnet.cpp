@@ -588,16 +588,6 @@ void PairCHGNet::build_unfolded_graph()
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
 
-  // node = LAMMPS index; atoms of NULL types are isolated nodes with a
-  // placeholder element and weight 0
-  graph->atomic_numbers.resize(nall);
-  energy_weight.assign(nall, 0.0);
-  for (int i = 0; i < nall; i++) {
-    const int z = type_z[type[i]];
-    graph->atomic_numbers[i] = z > 0 ? z : 1;
-    if (i < nlocal && z > 0) energy_weight[i] = 1.0;
-  }
-
   const double cutsq_model = cutoff * cutoff;
   // a little above the short-bond cutoff, so that rounding in the model's
   // float32 bond length cannot make a dropped ghost-ghost pair short
@@ -680,6 +670,29 @@ void PairCHGNet::build_unfolded_graph()
       if (pi[p] >= nlocal && std::min(hop[pi[p]], hop[pj[p]]) > max_hop) keep[p] = 0;
   }
 
+  // nodes: every local atom (node index = local index; NULL types are
+  // isolated nodes with a placeholder element and weight 0), then the ghost
+  // atoms that have an edge. Ghosts without one only relay the exchange.
+  node_atom.resize(nlocal);
+  for (int i = 0; i < nlocal; i++) node_atom[i] = i;
+  atom_node.assign(nall, -1);
+  for (int i = 0; i < nlocal; i++) atom_node[i] = i;
+  for (size_t p = 0; p < pi.size(); p++)
+    if (keep[p])
+      for (int i : {pi[p], pj[p]})
+        if (atom_node[i] < 0) {
+          atom_node[i] = static_cast<int>(node_atom.size());
+          node_atom.push_back(i);
+        }
+  const size_t nnodes = node_atom.size();
+  graph->atomic_numbers.resize(nnodes);
+  energy_weight.assign(nnodes, 0.0);
+  for (size_t a = 0; a < nnodes; a++) {
+    const int z = type_z[type[node_atom[a]]];
+    graph->atomic_numbers[a] = z > 0 ? z : 1;
+    if (node_atom[a] < nlocal && z > 0) energy_weight[a] = 1.0;
+  }
+
   std::vector<int64_t> src, dst;
   auto &vectors = graph->edge_vectors;
   vectors.clear();
@@ -688,9 +701,10 @@ void PairCHGNet::build_unfolded_graph()
   for (size_t p = 0; p < pi.size(); p++) {
     if (!keep[p]) continue;
     const int i = pi[p], j = pj[p];
+    const int a = atom_node[i], b = atom_node[j];
     const double *d = &pr[4 * p];
-    src.insert(src.end(), {i, j});
-    dst.insert(dst.end(), {j, i});
+    src.insert(src.end(), {a, b});
+    dst.insert(dst.end(), {b, a});
     vectors.insert(vectors.end(), {d[0], d[1], d[2], -d[0], -d[1], -d[2]});
     edge_i.insert(edge_i.end(), {i, j});
     edge_j.insert(edge_j.end(), {j, i});
@@ -743,7 +757,7 @@ void PairCHGNet::compute_unfolded()
   }
 
   const int nlocal = atom->nlocal;
-  for (int i = 0; i < nlocal; i++) {
+  for (int i = 0; i < nlocal; i++) {    // node index = local index
     if (energy_weight[i] == 0.0) continue;
     const double e = result->site_energies[i];
     if (eflag_global) eng_vdwl += e;
@@ -773,18 +787,32 @@ void PairCHGNet::exchange_rows(std::vector<double> &rows, int width, bool forwar
 {
   const int nlocal = atom->nlocal;
   const size_t nall = static_cast<size_t>(nlocal) + atom->nghost;
-  if (width != comm_forward || rows.size() != nall * width)
-    error->one(FLERR, "pair_style chgnet: exchange of {} rows of width {} for {} atoms (width {})",
-               rows.size() / std::max(width, 1), width, nall, comm_forward);
-  comm_rows = rows.data();
+  const size_t nnodes = node_atom.size();
+  if (width != comm_forward || rows.size() != nnodes * width)
+    error->one(FLERR,
+               "pair_style chgnet: exchange of {} values of width {} for {} graph nodes (width {})",
+               rows.size(), width, nnodes, comm_forward);
+  // graph node rows <-> one row per local + ghost atom: forward comm
+  // overwrites every ghost row (relaying ghosts that are no graph node),
+  // reverse comm adds every ghost row to its owner
+  comm_buffer.assign(nall * width, 0.0);
+  for (size_t a = 0; a < nnodes; a++)
+    std::copy(&rows[a * width], &rows[a * width] + width, &comm_buffer[node_atom[a] * width]);
+  comm_rows = comm_buffer.data();
   comm_width = width;
-  if (forward) {
+  if (forward)
     comm->forward_comm(this);
-  } else {
+  else
     comm->reverse_comm(this);
-    std::fill(rows.begin() + static_cast<size_t>(nlocal) * width, rows.end(), 0.0);
-  }
   comm_rows = nullptr;
+  for (size_t a = 0; a < nnodes; a++) {
+    if (!forward && node_atom[a] >= nlocal) {
+      std::fill(&rows[a * width], &rows[a * width] + width, 0.0);    // given to the owner
+      continue;
+    }
+    std::copy(&comm_buffer[node_atom[a] * width], &comm_buffer[node_atom[a] * width] + width,
+              &rows[a * width]);
+  }
 }
 
 int PairCHGNet::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)

@@ -75,6 +75,9 @@ class PairCHGNet : public Pair {
   int comm_width;
   std::vector<double> energy_weight;    // 1 for local atoms of a chgnet type, else 0
   std::vector<int> hop;    // exchange: short-bond hops from the nearest local atom
+  std::vector<int> node_atom;    // unfolded graph node -> local or ghost atom index
+  std::vector<int> atom_node;    // local or ghost atom index -> node (-1: none)
+  std::vector<double> comm_buffer;    // one row per local + ghost atom in an exchange
 
   std::unique_ptr<crossfunctional::TorchModel> model;
   std::unique_ptr<crossfunctional::GraphInput> graph;

@@ -1,0 +1,179 @@
+"""Multi-rank ``pair_style chgnet`` (issue 8): exactness on many systems and
+rank layouts, long NVE on several rank counts, and time per step.
+
+    python benchmarks/lammps_mpi.py verify      # single points, all systems x layouts
+    python benchmarks/lammps_mpi.py nve         # 200 NVE steps, thermo across rank counts
+    python benchmarks/lammps_mpi.py speed       # Si 4096: time per step, 1 and 2 ranks
+
+Each writes ``benchmarks/results/lammps_mpi/<part>.json``. Every run is an
+``mpiexec -n N lmp`` subprocess under a timeout. The reference is the serial
+(folded) pair style on one rank; deviations are max|Δ|/max|ref| per
+quantity (energy, per-atom energies, forces by atom ID, the six virial
+pressure components).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk
+
+from crossfunctional.models import export
+from crossfunctional.workflows.lammps_mpi import deviations, mpi_nve, mpi_single_point, run_lmp
+from crossfunctional.workflows.lammps_md import write_data
+
+OUT = Path(__file__).resolve().parent / "results" / "lammps_mpi"
+MODELS = Path("/tmp") / "crossfunctional-lammps-mpi-models"
+
+# (ranks, pair_style options, processors): the issue's layouts
+LAYOUTS = [
+    (1, "parallel exchange", ""),
+    (2, "", ""),
+    (3, "", ""),
+    (4, "", "4 1 1"),
+    (4, "", "2 2 1"),
+]
+
+
+def model(dtype: str) -> Path:
+    path = MODELS / f"chgnet_r2scan_{dtype}.pt"
+    if not path.is_file():
+        MODELS.mkdir(parents=True, exist_ok=True)
+        export("chgnet-r2scan", path, dtype=dtype)
+    return path
+
+
+def systems() -> dict[str, Atoms]:
+    si512 = bulk("Si", "diamond", a=5.43, cubic=True).repeat((4, 4, 4))
+    si512.rattle(0.1, seed=5)
+    si64 = bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 2, 2))
+    si64.rattle(0.1, seed=3)
+    tri = bulk("Si", "diamond", a=5.43).repeat((4, 4, 4))  # primitive fcc cell: 60 degree angles
+    tri.rattle(0.05, seed=11)
+    mgo = bulk("MgO", "rocksalt", a=4.21, cubic=True).repeat((3, 3, 3))
+    mgo.rattle(0.05, seed=6)
+    slab = bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 2, 2))
+    slab.center(vacuum=20.0, axis=0)  # 4 1 1: the two outer ranks have no local atoms
+    slab.rattle(0.05, seed=2)
+    si8 = bulk("Si", "diamond", a=5.43, cubic=True)
+    si8.rattle(0.1, seed=1)
+    return {"Si 512": si512, "Si 64": si64, "Si triclinic 128": tri, "MgO 216": mgo, "Si slab 64 + vacuum": slab, "Si 8": si8}
+
+
+def verify(args) -> dict:
+    results = []
+    todo = [(name, atoms, "float64", lay) for name, atoms in systems().items() for lay in LAYOUTS]
+    todo.append(("Si 64", systems()["Si 64"], "float64", (2, "parallel shell", "")))
+    todo += [("Si 512", systems()["Si 512"], "float32", lay) for lay in LAYOUTS[1:3]]
+    refs = {}
+    for name, atoms, dtype, (ranks, options, processors) in todo:
+        if args.only and not any(s in name for s in args.only):
+            continue
+        key = (name, dtype)
+        if key not in refs:
+            t = time.perf_counter()
+            refs[key] = mpi_single_point(atoms, model(dtype), 0, timeout=args.timeout)
+            print(f"{name} {dtype} serial {time.perf_counter() - t:.1f}s", flush=True)
+        t = time.perf_counter()
+        got = mpi_single_point(atoms, model(dtype), ranks, pair_options=options, processors=processors, timeout=args.timeout)
+        wall = time.perf_counter() - t
+        dev = deviations(got, refs[key])
+        tol = 1e-6 if dtype == "float64" else 1e-5
+        row = {
+            "system": name, "atoms": len(atoms), "dtype": dtype, "ranks": ranks,
+            "options": options or "(default: exchange)", "processors": processors or "auto",
+            "wall_s": round(wall, 1), "pass": bool(max(dev.values()) < tol), "tolerance": tol,
+            **{k: float(v) for k, v in dev.items()},
+        }  # fmt: skip
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    return {"rows": results, "all_pass": all(r["pass"] for r in results)}
+
+
+def nve(args) -> dict:
+    atoms = systems()["Si 64"]
+    runs = {}
+    for ranks, options, processors in [(0, "", ""), (2, "", ""), (4, "", "2 2 1")]:
+        label = f"{ranks or 1} rank(s) {options or ('serial' if ranks == 0 else 'exchange')} {processors}".strip()
+        t = time.perf_counter()
+        rows = mpi_nve(
+            atoms, model("float64"), ranks, args.steps, temperature=1500.0, pair_options=options,
+            processors=processors, thermo_every=10, timeout=3000, timestep_ps=0.001,
+        )  # fmt: skip
+        runs[label] = {"wall_s": round(time.perf_counter() - t, 1), "thermo": rows}
+        print(label, runs[label]["wall_s"], rows[-1], flush=True)
+    ref = runs[next(iter(runs))]["thermo"]
+    worst = {}
+    for label, run in runs.items():
+        dev = 0.0
+        for a, b in zip(ref, run["thermo"]):
+            for key in ("PotEng", "TotEng", "Press", "Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz"):
+                scale = abs(a[key]) if key in ("PotEng", "TotEng") else max(abs(a["Press"]), 100.0)
+                dev = max(dev, abs(a[key] - b[key]) / scale)
+        worst[label] = {"max_relative_deviation": dev, "per_step": [(a["Step"], abs(a["PotEng"] - b["PotEng"])) for a, b in zip(ref, run["thermo"])]}
+    return {"system": "Si 64, 1500 K, 1 fs, reneighbouring every step", "steps": args.steps, "runs": runs, "deviation_from_serial": worst}
+
+
+def _loop_time(log: str) -> float:
+    m = re.search(r"Loop time of ([0-9.eE+-]+) on", log)
+    return float(m.group(1))
+
+
+def speed(args) -> dict:
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((8, 8, 8))
+    atoms.rattle(0.05, seed=7)
+    rows = []
+    for ranks, threads, options in [(0, 1, ""), (0, 2, ""), (2, 1, ""), (1, 1, "parallel exchange")]:
+        work = OUT / "speed_work"
+        work.mkdir(parents=True, exist_ok=True)
+        data = write_data(atoms, work / "si4096.data")
+        script = f"""units metal
+atom_style atomic
+read_data {data.path}
+pair_style chgnet {model(args.dtype)} threads {threads} {options}
+pair_coeff * * Si
+velocity all create 300.0 1234 mom yes rot no
+timestep 0.001
+fix nve all nve
+thermo 1
+run {args.steps}
+"""
+        proc = run_lmp(script, ranks, work, timeout=3000, threads=threads)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
+        loop = _loop_time(proc.stdout)
+        ghosts = re.search(r"Nghost:\s+([0-9.]+) ave", proc.stdout)
+        row = {"ranks": ranks or 1, "threads_per_rank": threads, "mode": options or ("serial" if ranks == 0 else "exchange"),
+               "steps": args.steps, "s_per_step": loop / args.steps, "ghosts_per_rank": float(ghosts.group(1)) if ghosts else None}  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {"system": "Si 4096 (8x8x8 cubic cells, 43.4 A box)", "dtype": args.dtype, "rows": rows}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("part", choices=["verify", "nve", "speed"])
+    p.add_argument("--only", nargs="*", default=None, help="verify: only systems whose name contains one of these")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--timeout", type=float, default=1800)
+    args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = 200 if args.part == "nve" else 3
+    result = {"verify": verify, "nve": nve, "speed": speed}[args.part](args)
+    OUT.mkdir(parents=True, exist_ok=True)
+    name = args.part if not args.only else f"{args.part}_{'_'.join(s.replace(' ', '') for s in args.only)}"
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
+    print(f"wrote {OUT / (name + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
