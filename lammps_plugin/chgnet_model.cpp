@@ -216,6 +216,7 @@ void TorchModel::evaluate_segments(const GraphInput &in, const std::vector<doubl
     out.site_energies.clear();
     out.magmoms.clear();
     out.grad.clear();
+    out.num_angles = 0;
     return;
   }
 
@@ -256,6 +257,7 @@ void TorchModel::evaluate_segments(const GraphInput &in, const std::vector<doubl
     auto topology = module.run_method("build_graph", edge_index, shifts, vectors, n);
     auto r = leaf(vectors);
     auto g = module.run_method("with_geometry", topology, r);
+    out.num_angles = g.toTuple()->elements()[5].toTensor().size(0);    // Graph.angle_center
 
     // segment k: inputs (leaves) and outputs, kept for the backward pass
     std::vector<std::vector<torch::Tensor>> seg_in, seg_out;

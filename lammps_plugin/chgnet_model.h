@@ -31,6 +31,7 @@ struct GraphOutput {
   std::vector<double> site_energies;    // [N] eV, AtomRef included
   std::vector<double> magmoms;          // [N] muB
   std::vector<double> grad;             // [E * 3] dE/d(edge vectors), eV/Angstrom
+  int64_t num_angles = 0;               // angles of the graph (evaluate_segments only)
 };
 
 // Ghost exchange of per-atom rows for the multi-rank pass, implemented by the

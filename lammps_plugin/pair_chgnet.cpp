@@ -92,7 +92,7 @@ class CommExchange : public crossfunctional::FeatureExchange {
 
 PairCHGNet::PairCHGNet(LAMMPS *lmp) :
     Pair(lmp), graph(new crossfunctional::GraphInput), result(new crossfunctional::GraphOutput),
-    cutoff(0.0), nthreads(0), parallel_keyword(AUTO), mode(SERIAL), cutghost_set(0.0),
+    cutoff(0.0), nthreads(0), parallel_keyword(AUTO), mode(SERIAL), cutghost_set(0.0), report_graph(false),
     comm_rows(nullptr), comm_width(0), magmom(nullptr), nmax_magmom(0)
 {
   if (lmp->citeme) lmp->citeme->add(cite_chgnet);
@@ -332,8 +332,8 @@ void PairCHGNet::init_style()
                mode_name(mode));
   if (comm->style != Comm::BRICK)
     error->all(FLERR,
-               "pair_style chgnet: 'parallel {}' supports comm_style brick only (the ghost "
-               "cutoff exceeds subdomains, which comm_style tiled does not relay); use "
+               "pair_style chgnet: 'parallel {}' supports comm_style brick only (its "
+               "feature exchange is not implemented or tested for comm_style tiled); use "
                "comm_style brick",
                mode_name(mode));
   if (comm->mode != 0)
@@ -360,6 +360,7 @@ void PairCHGNet::init_style()
                    "pair_style chgnet: parallel {} on {} MPI rank(s), ghost cutoff {} Angstrom\n",
                    mode_name(mode), comm->nprocs, comm->cutghostuser);
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+  report_graph = true;
 }
 
 /* ----------------------------------------------------------------------
@@ -738,6 +739,24 @@ void PairCHGNet::compute_unfolded()
                              *result);
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style chgnet: model evaluation failed: {}", e.what());
+  }
+
+  if (report_graph) {
+    // the halo's size: graph summed over ranks against the local atoms
+    // (a serial graph has one node per atom)
+    double mine[4] = {(double) atom->nlocal, (double) node_atom.size(), (double) edge_i.size(),
+                      (double) result->num_angles};
+    double sum[4], most[4];
+    MPI_Allreduce(mine, sum, 4, MPI_DOUBLE, MPI_SUM, world);
+    MPI_Allreduce(mine, most, 4, MPI_DOUBLE, MPI_MAX, world);
+    if (comm->me == 0)
+      utils::logmesg(lmp,
+                     "pair_style chgnet: graph over {} rank(s): {:.0f} local atoms, {:.0f} nodes, "
+                     "{:.0f} directed edges, {:.0f} angles (largest rank: {:.0f} local, {:.0f} "
+                     "nodes, {:.0f} edges, {:.0f} angles)\n",
+                     comm->nprocs, sum[0], sum[1], sum[2], sum[3], most[0], most[1], most[2],
+                     most[3]);
+    report_graph = false;
   }
 
   double **f = atom->f;

@@ -71,6 +71,7 @@ class PairCHGNet : public Pair {
   int parallel_keyword;    // what pair_style asked for
   int mode;                // what this run does (AUTO resolved in init_style)
   double cutghost_set;     // the comm cutoff this style set (0 = none)
+  bool report_graph;       // log the graph sizes at the next compute
   double *comm_rows;       // rows being exchanged (one per local + ghost atom)
   int comm_width;
   std::vector<double> energy_weight;    // 1 for local atoms of a chgnet type, else 0
