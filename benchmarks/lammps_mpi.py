@@ -76,6 +76,8 @@ def verify(args) -> dict:
     for name, atoms, dtype, (ranks, options, processors) in todo:
         if args.only and not any(s in name for s in args.only):
             continue
+        if args.ranks and ranks not in args.ranks:
+            continue
         key = (name, dtype)
         if key not in refs:
             t = time.perf_counter()
@@ -94,6 +96,7 @@ def verify(args) -> dict:
         }  # fmt: skip
         results.append(row)
         print(json.dumps(row), flush=True)
+        _write(args, {"rows": results, "all_pass": all(r["pass"] for r in results)})  # as it goes
     return {"rows": results, "all_pass": all(r["pass"] for r in results)}
 
 
@@ -103,11 +106,15 @@ def nve(args) -> dict:
     for ranks, options, processors in [(0, "", ""), (2, "", ""), (4, "", "2 2 1")]:
         label = f"{ranks or 1} rank(s) {options or ('serial' if ranks == 0 else 'exchange')} {processors}".strip()
         t = time.perf_counter()
-        rows = mpi_nve(
+        out = mpi_nve(
             atoms, model("float64"), ranks, args.steps, temperature=1500.0, pair_options=options,
             processors=processors, thermo_every=10, timeout=3000, timestep_ps=0.001,
         )  # fmt: skip
-        runs[label] = {"wall_s": round(time.perf_counter() - t, 1), "thermo": rows}
+        rows = out["thermo"]
+        # LAMMPS' end-of-run statistics: local atoms per rank (ave, max, min) after the run
+        nlocal = re.search(r"Nlocal:\s+(\S+) ave\s+(\S+) max\s+(\S+) min", out["log"])
+        runs[label] = {"wall_s": round(time.perf_counter() - t, 1), "thermo": rows,
+                       "nlocal_ave_max_min_at_end": [float(v) for v in nlocal.groups()] if nlocal else None}  # fmt: skip
         print(label, runs[label]["wall_s"], rows[-1], flush=True)
     ref = runs[next(iter(runs))]["thermo"]
     worst = {}
@@ -212,6 +219,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("part", choices=["verify", "nve", "speed"])
     p.add_argument("--only", nargs="*", default=None, help="verify: only systems whose name contains one of these")
+    p.add_argument("--ranks", nargs="*", type=int, default=None, help="verify: only these rank counts")
+    p.add_argument("--tag", default="", help="suffix of the output file name")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--timeout", type=float, default=1800)
@@ -219,11 +228,15 @@ def main(argv=None) -> int:
     if args.steps is None:
         args.steps = 200 if args.part == "nve" else 3
     result = {"verify": verify, "nve": nve, "speed": speed}[args.part](args)
-    OUT.mkdir(parents=True, exist_ok=True)
-    name = args.part if not args.only else f"{args.part}_{'_'.join(s.replace(' ', '') for s in args.only)}"
-    (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
-    print(f"wrote {OUT / (name + '.json')}")
+    print(f"wrote {_write(args, result)}")
     return 0
+
+
+def _write(args, result: dict) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{args.part}{'_' + args.tag if args.tag else ''}.json"
+    path.write_text(json.dumps(result, indent=1))
+    return path
 
 
 if __name__ == "__main__":

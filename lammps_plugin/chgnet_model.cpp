@@ -189,6 +189,8 @@ void TorchModel::evaluate_segments(const GraphInput &in, const std::vector<doubl
   if (num_segments_ < 1)
     throw std::runtime_error("the model file has no segment methods (seg_first, seg_mid, seg_last): "
                              "it was exported by an older crossfunctional; export it again");
+  if (num_segments_ < 2)
+    throw std::runtime_error("the multi-rank pass needs a model with at least two atom convolutions");
   const int64_t n = static_cast<int64_t>(in.atomic_numbers.size());
   const int64_t e = in.num_edges();
   const int64_t width = feature_width_;
@@ -203,10 +205,9 @@ void TorchModel::evaluate_segments(const GraphInput &in, const std::vector<doubl
   if (n == 0) {
     // nothing to compute here, but every rank takes part in every exchange
     // (a rank with no atoms still relays data between its neighbours)
-    const int nexchange = std::max(1, nseg - 1);    // as in the pass below
     if (exchange)
       for (int pass = 0; pass < 2; pass++)
-        for (int k = 0; k < nexchange; k++) {
+        for (int k = 0; k < nseg - 1; k++) {    // as in the pass below
           rows.clear();
           if (pass == 0)
             exchange->forward(rows, static_cast<int>(width));
@@ -253,43 +254,59 @@ void TorchModel::evaluate_segments(const GraphInput &in, const std::vector<doubl
     }
     auto w = torch::from_blob(const_cast<double *>(weight.data()), {n}, double_cpu).to(model_opts, false, true);
 
-    // forward: topology from the plain vectors, geometry from the leaf
+    // topology (and a copy of the geometry without gradient) from the plain
+    // vectors; only seg_first reads the geometry, from the leaf r
     auto topology = module.run_method("build_graph", edge_index, shifts, vectors, n);
+    out.num_angles = topology.toTuple()->elements()[5].toTensor().size(0);    // Graph.angle_center
     auto r = leaf(vectors);
-    auto g = module.run_method("with_geometry", topology, r);
-    out.num_angles = g.toTuple()->elements()[5].toTensor().size(0);    // Graph.angle_center
+    // as CHGNet.forward: above recompute_threshold edges + angles keep only
+    // the state between segments and recompute each segment in the backward pass
+    const bool recompute = e + out.num_angles > module.attr("recompute_threshold").toInt();
+    auto run = [&](int k, const std::vector<torch::Tensor> &x) -> std::vector<torch::Tensor> {
+      if (k == 0)
+        return tensors(module.run_method("seg_first", z, module.run_method("with_geometry", topology, x[0])));
+      return tensors(module.run_method("seg_mid", k, x[0], x[1], x[2], x[3], x[4], topology));
+    };
 
-    // segment k: inputs (leaves) and outputs, kept for the backward pass
-    std::vector<std::vector<torch::Tensor>> seg_in, seg_out;
-    seg_in.push_back({r});
-    seg_out.push_back(tensors(module.run_method("seg_first", z, g)));
-    torch::Tensor a = leaf(exchanged(seg_out[0][0], true));
-    torch::Tensor b = leaf(seg_out[0][1]), c = leaf(seg_out[0][2]);
-    const torch::Tensor w_ag = leaf(seg_out[0][3]), w_bg = leaf(seg_out[0][4]);
-    for (int k = 1; k < nseg - 1; k++) {
-      seg_in.push_back({a, b, c, w_ag, w_bg});
-      seg_out.push_back(tensors(module.run_method("seg_mid", k, a, b, c, w_ag, w_bg, g)));
-      a = leaf(exchanged(seg_out[k][0], true));
-      b = leaf(seg_out[k][1]);
-      c = leaf(seg_out[k][2]);
+    // forward: segments 0 .. nseg-2, each followed by the exchange of its
+    // atom features; seg_in[k] are the leaves segment k starts from
+    std::vector<std::vector<torch::Tensor>> seg_in(nseg - 1), seg_out(nseg - 1);
+    std::vector<torch::Tensor> x = {r};
+    for (int k = 0; k < nseg - 1; k++) {
+      seg_in[k] = x;
+      {
+        torch::AutoGradMode record(!recompute);
+        seg_out[k] = run(k, x);
+      }
+      const auto &o = seg_out[k];
+      if (k == 0)
+        x = {leaf(exchanged(o[0], true)), leaf(o[1]), leaf(o[2]), leaf(o[3]), leaf(o[4])};
+      else
+        x = {leaf(exchanged(o[0], true)), leaf(o[1]), leaf(o[2]), x[3], x[4]};
     }
-    auto last = tensors(module.run_method("seg_last", z, a, b, c, w_ag, w_bg, g));
+    auto last = tensors(module.run_method("seg_last", z, x[0], x[1], x[2], x[3], x[4], topology));
     auto energy = (last[0] * w).sum();
 
     // backward, segment by segment; the atom-feature adjoints of ghost rows
     // go back to their owners before the segment that produced them
-    auto adj = grad_or_zeros({energy}, {torch::ones_like(energy)}, {a, b, c, w_ag, w_bg});
+    auto adj = grad_or_zeros({energy}, {torch::ones_like(energy)}, x);
     torch::Tensor adj_a = exchanged(adj[0], false), adj_b = adj[1], adj_c = adj[2];
     torch::Tensor adj_wag = adj[3], adj_wbg = adj[4];
-    for (int k = nseg - 2; k >= 1; k--) {
-      adj = grad_or_zeros(seg_out[k], {adj_a, adj_b, adj_c}, seg_in[k]);
+    torch::Tensor grad;
+    for (int k = nseg - 2; k >= 0; k--) {
+      const auto outputs = recompute ? run(k, seg_in[k]) : seg_out[k];
+      seg_out[k].clear();
+      if (k == 0) {
+        grad = grad_or_zeros(outputs, {adj_a, adj_b, adj_c, adj_wag, adj_wbg}, seg_in[0])[0];
+        break;
+      }
+      adj = grad_or_zeros(outputs, {adj_a, adj_b, adj_c}, seg_in[k]);
       adj_a = exchanged(adj[0], false);
       adj_b = adj[1];
       adj_c = adj[2];
       adj_wag = adj_wag + adj[3];
       adj_wbg = adj_wbg + adj[4];
     }
-    auto grad = grad_or_zeros(seg_out[0], {adj_a, adj_b, adj_c, adj_wag, adj_wbg}, seg_in[0])[0];
 
     auto energies = last[0].detach().to(torch::kCPU, torch::kFloat64).contiguous();
     auto magmoms = last[1].detach().to(torch::kCPU, torch::kFloat64).contiguous();

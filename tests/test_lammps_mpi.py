@@ -53,6 +53,17 @@ def model64(tmp_path_factory) -> Path:
     return export("chgnet-r2scan", tmp_path_factory.mktemp("model64") / "chgnet_r2scan_f64.pt", dtype="float64")
 
 
+@pytest.fixture(scope="module")
+def model64_recompute(tmp_path_factory) -> Path:
+    """The float64 export with recompute_threshold 0: every graph takes the
+    memory-lean path that recomputes each segment in the backward pass."""
+    from crossfunctional.models import export, load_model
+
+    net = load_model("chgnet-r2scan", dtype="float64")
+    net.recompute_threshold = 0
+    return export(net, tmp_path_factory.mktemp("model64r") / "chgnet_r2scan_f64_recompute.pt", dtype="float64")
+
+
 def _si64() -> Atoms:
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 2, 2))  # 10.86 Å box < 2 x ghost cutoff
     atoms.rattle(0.1, seed=3)
@@ -75,11 +86,13 @@ def _check(atoms: Atoms, model: Path, cases: list[tuple[int, str, str]]) -> None
         assert max(dev.values()) < TOL, (ranks, options, processors, dev)
 
 
-def test_si64_two_ranks_and_forced_exchange_on_one(model64):
+def test_si64_two_ranks_and_forced_exchange_on_one(model64, model64_recompute):
     """Si 64 in a 10.86 Å box (subdomains thinner than the ghost cutoff, many
     images of each atom): 2 ranks (exchange, the default) and 1 rank with
-    the exchange path forced equal the serial pair style."""
+    the exchange path forced equal the serial pair style; so do 2 ranks with
+    the segment-recomputing backward pass."""
     _check(_si64(), model64, [(2, "", ""), (1, "parallel exchange", "")])
+    _check(_si64(), model64_recompute, [(2, "", "")])
 
 
 def test_eight_atoms_on_four_ranks(model64):
@@ -118,8 +131,8 @@ def test_nve_thermo_equal_on_one_and_two_ranks(model64):
     subdomains: the thermo output on 2 ranks equals the serial one."""
     atoms = _si64()
     steps = 20
-    serial = mpi_nve(atoms, model64, 0, steps, temperature=1500.0, thermo_every=5, timeout=TIMEOUT)
-    two = mpi_nve(atoms, model64, 2, steps, temperature=1500.0, thermo_every=5, timeout=TIMEOUT)
+    serial = mpi_nve(atoms, model64, 0, steps, temperature=1500.0, thermo_every=5, timeout=TIMEOUT)["thermo"]
+    two = mpi_nve(atoms, model64, 2, steps, temperature=1500.0, thermo_every=5, timeout=TIMEOUT)["thermo"]
     assert [r["Step"] for r in two] == [0, 5, 10, 15, 20]
     for a, b in zip(serial, two):
         for key in ("PotEng", "TotEng", "Press", "Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz"):

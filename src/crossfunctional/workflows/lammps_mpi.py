@@ -146,10 +146,11 @@ def mpi_nve(
     thermo_every: int = 10,
     timeout: float = 900,
     timestep_ps: float = 0.002,
-) -> list[dict]:
+) -> dict:
     """NVE from velocities at ``temperature`` K (seeded, so equal on every
-    rank count), reneighbouring every step; returns the thermo rows (step,
-    pe, ke, etotal, press, pxx ... pyz)."""
+    rank count), reneighbouring every step. Returns ``{"thermo": rows,
+    "log": stdout}`` with one row (Step, PotEng, KinEng, TotEng, Press, Pxx
+    ... Pyz) per thermo output."""
     with tempfile.TemporaryDirectory(prefix="chgnet-mpi-nve-") as tmp:
         work = Path(tmp)
         data = write_data(atoms, work / "system.data")
@@ -167,7 +168,7 @@ run {steps}
         proc = run_lmp(script, ranks, work, timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"lmp on {ranks} rank(s) failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-        return _thermo_rows(proc.stdout)
+        return {"thermo": _thermo_rows(proc.stdout), "log": proc.stdout}
 
 
 def _thermo_rows(log: str) -> list[dict]:
