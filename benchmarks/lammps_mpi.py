@@ -4,6 +4,7 @@ rank layouts, long NVE on several rank counts, and time per step.
     python benchmarks/lammps_mpi.py verify      # single points, all systems x layouts
     python benchmarks/lammps_mpi.py nve         # 200 NVE steps, thermo across rank counts
     python benchmarks/lammps_mpi.py speed       # Si 4096: time per step, 1 and 2 ranks
+    python benchmarks/lammps_mpi.py report      # tables of the three in results/lammps_mpi/tables.md
 
 Each writes ``benchmarks/results/lammps_mpi/<part>.json``. Every run is an
 ``mpiexec -n N lmp`` subprocess under a timeout. The reference is the serial
@@ -18,6 +19,7 @@ import argparse
 import json
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -182,8 +184,7 @@ def speed(args) -> dict:
         ("exchange on 1 rank", 1, 1, "parallel exchange", model(args.dtype)),
     ]
     for label, ranks, threads, options, path in configs:
-        work = OUT / "speed_work"
-        work.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="chgnet-mpi-speed-"))
         data = write_data(atoms, work / "si4096.data")
         script = f"""units metal
 atom_style atomic
@@ -215,9 +216,54 @@ run {args.steps}
             "serial_graph": serial_graph, "rows": rows}  # fmt: skip
 
 
+def report(args) -> dict:
+    """Markdown tables of verify.json, nve.json and speed.json."""
+    lines = []
+    verify_file, nve_file, speed_file = (OUT / f"{k}.json" for k in ("verify", "nve", "speed"))
+    if verify_file.is_file():
+        v = json.loads(verify_file.read_text())
+        lines += ["## Single points against the serial pair style", "",
+                  "max|Δ|/max|ref| per quantity; tolerance 1e-6 (float64) and 1e-5 (float32).", "",
+                  "| system | atoms | dtype | ranks | mode | processors | energy | pe/atom | forces | pressure | wall s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for r in v["rows"]:
+            lines.append(
+                f"| {r['system']} | {r['atoms']} | {r['dtype']} | {r['ranks']} | {r['options']} | {r['processors']} | "
+                f"{r['energy']:.1e} | {r['energies']:.1e} | {r['forces']:.1e} | {r['pressure']:.1e} | {r['wall_s']} |"
+            )
+        lines += ["", f"All pass: {v['all_pass']}.", ""]
+    if nve_file.is_file():
+        n = json.loads(nve_file.read_text())
+        lines += [f"## NVE: {n['system']}, {n['steps']} steps", "",
+                  "| run | wall s | max relative deviation from 1 rank (PE, TotEng, pressure components) | local atoms per rank at the end (ave, max, min) |",
+                  "| --- | --- | --- | --- |"]  # fmt: skip
+        for label, run in n["runs"].items():
+            dev = n["deviation_from_serial"][label]["max_relative_deviation"]
+            lines.append(f"| {label} | {run['wall_s']} | {dev:.1e} | {run.get('nlocal_ave_max_min_at_end')} |")
+        lines.append("")
+    if speed_file.is_file():
+        sp = json.loads(speed_file.read_text())
+        lines += [f"## Time per step: {sp['system']}, {sp['dtype']}", "",
+                  f"Serial graph: {sp['serial_graph']}.", "",
+                  "| config | ranks x threads | s/step | graph nodes / edges / angles over all ranks vs serial | largest rank vs its share of serial |",
+                  "| --- | --- | --- | --- | --- |"]  # fmt: skip
+        for r in sp["rows"]:
+            f_sum = r.get("halo_factor_sum_over_ranks")
+            f_max = r.get("halo_factor_largest_rank")
+            fmt = (lambda f: " / ".join(f"{f[k]:.2f}" for k in ("nodes", "edges", "angles"))) if f_sum else None
+            lines.append(
+                f"| {r['config']} | {r['ranks']} x {r['threads_per_rank']} | {r['s_per_step']:.2f} | "
+                f"{fmt(f_sum) if f_sum else '-'} | {fmt(f_max) if f_max else '-'} |"
+            )
+        lines.append("")
+    (OUT / "tables.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return {}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("part", choices=["verify", "nve", "speed"])
+    p.add_argument("part", choices=["verify", "nve", "speed", "report"])
     p.add_argument("--only", nargs="*", default=None, help="verify: only systems whose name contains one of these")
     p.add_argument("--ranks", nargs="*", type=int, default=None, help="verify: only these rank counts")
     p.add_argument("--tag", default="", help="suffix of the output file name")
@@ -227,6 +273,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.steps is None:
         args.steps = 200 if args.part == "nve" else 3
+    if args.part == "report":
+        report(args)
+        return 0
     result = {"verify": verify, "nve": nve, "speed": speed}[args.part](args)
     print(f"wrote {_write(args, result)}")
     return 0
