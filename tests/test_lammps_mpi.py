@@ -141,6 +141,41 @@ def test_nve_thermo_equal_on_one_and_two_ranks(model64):
     assert abs(serial[-1]["PotEng"] - serial[0]["PotEng"]) > 0.1  # it moved
 
 
+def test_hybrid_overlay_with_null_type_on_two_ranks(model64, tmp_path):
+    """pair_style hybrid/overlay chgnet + zero with an Ar atom of a NULL type:
+    2 ranks give the serial energy, pressure, forces and pe/atom, and the Ar
+    atom stays invisible to chgnet."""
+    si = _si8()
+    full = si + Atoms("Ar", positions=[[2.0, 2.2, 1.9]], cell=si.cell, pbc=True)
+    results = {}
+    for ranks in (0, 2):
+        work = tmp_path / f"ranks{ranks}"
+        work.mkdir()
+        data = write_data(full, work / "si_ar.data", species=["Si", "Ar"])
+        script = f"""units metal
+atom_style atomic
+read_data {data.path}
+pair_style hybrid/overlay chgnet {model64} threads 1 zero 6.0
+pair_coeff * * chgnet Si NULL
+pair_coeff * * zero
+compute pe_atom all pe/atom
+thermo_style custom step pe pxx pyy pzz pxy pxz pyz
+thermo_modify format float %.17g
+dump d all custom 1 atoms.dump id fx fy fz c_pe_atom
+dump_modify d sort id format float %.17g
+run 0 post no
+"""
+        proc = run_lmp(script, ranks, work, TIMEOUT)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+        row = next(line for line in proc.stdout.splitlines() if line.split()[:1] == ["0"])
+        results[ranks] = (np.array(row.split()[1:], dtype=float), np.loadtxt(work / "atoms.dump", skiprows=9))
+    (thermo1, atoms1), (thermo2, atoms2) = results[0], results[2]
+    assert np.abs(thermo2 - thermo1).max() / np.abs(thermo1).max() < TOL
+    assert np.abs(atoms2[:, 1:4] - atoms1[:, 1:4]).max() / np.abs(atoms1[:, 1:4]).max() < TOL
+    assert np.abs(atoms2[:, 4] - atoms1[:, 4]).max() / np.abs(atoms1[:, 4]).max() < TOL
+    assert np.all(atoms2[-1, 1:] == 0.0)  # the Ar atom (ID 9): no force, no energy
+
+
 # ---------------------------------------------------------------------- errors
 def _lmp_error(model: Path, tmp_path: Path, ranks: int, pair_options: str, lines: str, before: str = "") -> str:
     data = write_data(bulk("Si", "diamond", a=5.43, cubic=True), tmp_path / "si.data")
