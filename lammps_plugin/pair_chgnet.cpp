@@ -895,5 +895,7 @@ double PairCHGNet::memory_usage()
   bytes += (double) graph->edge_shifts.capacity() * sizeof(int64_t);
   bytes += (double) graph->edge_index.capacity() * sizeof(int64_t);
   bytes += (double) (edge_i.capacity() + edge_j.capacity() + tag_node.capacity()) * sizeof(int);
+  bytes += (double) (hop.capacity() + node_atom.capacity() + atom_node.capacity()) * sizeof(int);
+  bytes += (double) (comm_buffer.capacity() + energy_weight.capacity()) * sizeof(double);
   return bytes;
 }
