@@ -181,6 +181,7 @@ def speed(args) -> dict:
         ("serial", 0, 1, "", model(args.dtype)),
         ("serial, no recompute", 0, 1, "", no_recompute),
         ("exchange", 2, 1, "", model(args.dtype)),
+        ("exchange, no recompute", 2, 1, "", no_recompute),
         ("exchange on 1 rank", 1, 1, "parallel exchange", model(args.dtype)),
     ]
     for label, ranks, threads, options, path in configs:
