@@ -7,6 +7,7 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <sstream>
 #include <stdexcept>
 
@@ -93,6 +94,14 @@ TorchModel::TorchModel(const std::string &path, const std::string &device) : imp
   else
     throw std::runtime_error("'" + path + "' has parameters of an unsupported dtype (need float32 or float64)");
   device_name_ = impl_->device.str();
+  // the segment interface of the multi-rank pass (older exports lack it)
+  if (impl_->module.find_method("seg_first") && impl_->module.find_method("seg_mid") &&
+      impl_->module.find_method("seg_last") && impl_->module.find_method("num_segments") &&
+      impl_->module.hasattr("bond_graph_cutoff") && impl_->module.hasattr("dim")) {
+    num_segments_ = static_cast<int>(impl_->module.run_method("num_segments").toInt());
+    feature_width_ = impl_->module.attr("dim").toInt();
+    bond_cutoff_ = impl_->module.attr("bond_graph_cutoff").toDouble();
+  }
 }
 
 TorchModel::~TorchModel() = default;
@@ -130,6 +139,180 @@ void TorchModel::evaluate(const GraphInput &in, GraphOutput &out)
     auto grad = items[2].toTensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
     if (energies.numel() != n || magmoms.numel() != n || grad.numel() != 3 * e)
       throw std::runtime_error("model returned tensors of unexpected shape");
+    out.site_energies.assign(energies.data_ptr<double>(), energies.data_ptr<double>() + n);
+    out.magmoms.assign(magmoms.data_ptr<double>(), magmoms.data_ptr<double>() + n);
+    out.grad.assign(grad.data_ptr<double>(), grad.data_ptr<double>() + 3 * e);
+  } catch (const std::exception &err) {
+    throw std::runtime_error(clean_message(err.what()));
+  }
+}
+
+namespace {
+
+// torch::autograd::grad of the outputs that require grad, zeros for inputs
+// they do not reach (as _grad_or_zeros in chgnet.py)
+std::vector<torch::Tensor> grad_or_zeros(const std::vector<torch::Tensor> &outputs,
+                                         const std::vector<torch::Tensor> &adjoints,
+                                         const std::vector<torch::Tensor> &inputs)
+{
+  std::vector<torch::Tensor> outs, adjs;
+  for (size_t k = 0; k < outputs.size(); k++)
+    if (outputs[k].requires_grad()) {
+      outs.push_back(outputs[k]);
+      adjs.push_back(adjoints[k]);
+    }
+  std::vector<torch::Tensor> result;
+  std::vector<torch::Tensor> grads;
+  if (!outs.empty()) grads = torch::autograd::grad(outs, inputs, adjs, false, false, true);
+  for (size_t k = 0; k < inputs.size(); k++)
+    result.push_back(!grads.empty() && grads[k].defined() ? grads[k] : torch::zeros_like(inputs[k]));
+  return result;
+}
+
+torch::Tensor leaf(const torch::Tensor &t)
+{
+  return t.detach().requires_grad_(true);
+}
+
+std::vector<torch::Tensor> tensors(const torch::jit::IValue &value)
+{
+  std::vector<torch::Tensor> out;
+  for (const auto &item : value.toTuple()->elements()) out.push_back(item.toTensor());
+  return out;
+}
+
+}    // namespace
+
+void TorchModel::evaluate_segments(const GraphInput &in, const std::vector<double> &weight,
+                                   FeatureExchange *exchange, GraphOutput &out)
+{
+  if (num_segments_ < 1)
+    throw std::runtime_error("the model file has no segment methods (seg_first, seg_mid, seg_last): "
+                             "it was exported by an older crossfunctional; export it again");
+  if (num_segments_ < 2)
+    throw std::runtime_error("the multi-rank pass needs a model with at least two atom convolutions");
+  const int64_t n = static_cast<int64_t>(in.atomic_numbers.size());
+  const int64_t e = in.num_edges();
+  const int64_t width = feature_width_;
+  const int nseg = num_segments_;
+  if (static_cast<int64_t>(weight.size()) != n)
+    throw std::runtime_error("evaluate_segments: one energy weight per node needed");
+  const auto long_cpu = torch::TensorOptions().dtype(torch::kInt64);
+  const auto double_cpu = torch::TensorOptions().dtype(torch::kFloat64);
+  const auto model_opts = torch::TensorOptions().dtype(impl_->dtype).device(impl_->device);
+
+  std::vector<double> rows;
+  if (n == 0) {
+    // nothing to compute here, but every rank takes part in every exchange
+    // (a rank with no atoms still relays data between its neighbours)
+    if (exchange)
+      for (int pass = 0; pass < 2; pass++)
+        for (int k = 0; k < nseg - 1; k++) {    // as in the pass below
+          rows.clear();
+          if (pass == 0)
+            exchange->forward(rows, static_cast<int>(width));
+          else
+            exchange->reverse(rows, static_cast<int>(width));
+        }
+    out.site_energies.clear();
+    out.magmoms.clear();
+    out.grad.clear();
+    out.num_angles = 0;
+    return;
+  }
+
+  // host round trip of one [n, width] feature (or adjoint) matrix through the exchange
+  auto exchanged = [&](const torch::Tensor &t, bool forward) -> torch::Tensor {
+    if (!exchange) return t.detach();
+    auto host = t.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    rows.assign(host.data_ptr<double>(), host.data_ptr<double>() + n * width);
+    if (forward)
+      exchange->forward(rows, static_cast<int>(width));
+    else
+      exchange->reverse(rows, static_cast<int>(width));
+    return torch::from_blob(rows.data(), {n, width}, double_cpu).to(model_opts, false, true);
+  };
+
+  try {
+    torch::jit::setGraphExecutorOptimize(false);
+    torch::AutoGradMode grad_mode(true);
+    auto &module = impl_->module;
+    auto z = torch::from_blob(const_cast<int64_t *>(in.atomic_numbers.data()), {n}, long_cpu)
+                 .to(impl_->device);
+    torch::Tensor edge_index, shifts, vectors;
+    if (e > 0) {
+      edge_index = torch::from_blob(const_cast<int64_t *>(in.edge_index.data()), {2, e}, long_cpu)
+                       .to(impl_->device);
+      shifts = torch::from_blob(const_cast<int64_t *>(in.edge_shifts.data()), {e, 3}, long_cpu)
+                   .to(impl_->device);
+      vectors = torch::from_blob(const_cast<double *>(in.edge_vectors.data()), {e, 3}, double_cpu)
+                    .to(model_opts, false, true);
+    } else {
+      edge_index = torch::zeros({2, 0}, long_cpu.device(impl_->device));
+      shifts = torch::zeros({0, 3}, long_cpu.device(impl_->device));
+      vectors = torch::zeros({0, 3}, model_opts);
+    }
+    auto w = torch::from_blob(const_cast<double *>(weight.data()), {n}, double_cpu).to(model_opts, false, true);
+
+    // topology (and a copy of the geometry without gradient) from the plain
+    // vectors; only seg_first reads the geometry, from the leaf r
+    auto topology = module.run_method("build_graph", edge_index, shifts, vectors, n);
+    out.num_angles = topology.toTuple()->elements()[5].toTensor().size(0);    // Graph.angle_center
+    auto r = leaf(vectors);
+    // as CHGNet.forward: above recompute_threshold edges + angles keep only
+    // the state between segments and recompute each segment in the backward pass
+    const bool recompute = e + out.num_angles > module.attr("recompute_threshold").toInt();
+    auto run = [&](int k, const std::vector<torch::Tensor> &x) -> std::vector<torch::Tensor> {
+      if (k == 0)
+        return tensors(module.run_method("seg_first", z, module.run_method("with_geometry", topology, x[0])));
+      return tensors(module.run_method("seg_mid", k, x[0], x[1], x[2], x[3], x[4], topology));
+    };
+
+    // forward: segments 0 .. nseg-2, each followed by the exchange of its
+    // atom features; seg_in[k] are the leaves segment k starts from
+    std::vector<std::vector<torch::Tensor>> seg_in(nseg - 1), seg_out(nseg - 1);
+    std::vector<torch::Tensor> x = {r};
+    for (int k = 0; k < nseg - 1; k++) {
+      seg_in[k] = x;
+      {
+        torch::AutoGradMode record(!recompute);
+        seg_out[k] = run(k, x);
+      }
+      const auto &o = seg_out[k];
+      if (k == 0)
+        x = {leaf(exchanged(o[0], true)), leaf(o[1]), leaf(o[2]), leaf(o[3]), leaf(o[4])};
+      else
+        x = {leaf(exchanged(o[0], true)), leaf(o[1]), leaf(o[2]), x[3], x[4]};
+    }
+    auto last = tensors(module.run_method("seg_last", z, x[0], x[1], x[2], x[3], x[4], topology));
+    auto energy = (last[0] * w).sum();
+
+    // backward, segment by segment; the atom-feature adjoints of ghost rows
+    // go back to their owners before the segment that produced them
+    auto adj = grad_or_zeros({energy}, {torch::ones_like(energy)}, x);
+    torch::Tensor adj_a = exchanged(adj[0], false), adj_b = adj[1], adj_c = adj[2];
+    torch::Tensor adj_wag = adj[3], adj_wbg = adj[4];
+    torch::Tensor grad;
+    for (int k = nseg - 2; k >= 0; k--) {
+      const auto outputs = recompute ? run(k, seg_in[k]) : seg_out[k];
+      seg_out[k].clear();
+      if (k == 0) {
+        grad = grad_or_zeros(outputs, {adj_a, adj_b, adj_c, adj_wag, adj_wbg}, seg_in[0])[0];
+        break;
+      }
+      adj = grad_or_zeros(outputs, {adj_a, adj_b, adj_c}, seg_in[k]);
+      adj_a = exchanged(adj[0], false);
+      adj_b = adj[1];
+      adj_c = adj[2];
+      adj_wag = adj_wag + adj[3];
+      adj_wbg = adj_wbg + adj[4];
+    }
+
+    auto energies = last[0].detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    auto magmoms = last[1].detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    grad = grad.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    if (energies.numel() != n || magmoms.numel() != n || grad.numel() != 3 * e)
+      throw std::runtime_error("model segments returned tensors of unexpected shape");
     out.site_energies.assign(energies.data_ptr<double>(), energies.data_ptr<double>() + n);
     out.magmoms.assign(magmoms.data_ptr<double>(), magmoms.data_ptr<double>() + n);
     out.grad.assign(grad.data_ptr<double>(), grad.data_ptr<double>() + 3 * e);

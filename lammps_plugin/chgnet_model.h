@@ -31,6 +31,21 @@ struct GraphOutput {
   std::vector<double> site_energies;    // [N] eV, AtomRef included
   std::vector<double> magmoms;          // [N] muB
   std::vector<double> grad;             // [E * 3] dE/d(edge vectors), eV/Angstrom
+  int64_t num_angles = 0;               // angles of the graph (evaluate_segments only)
+};
+
+// Ghost exchange of per-atom rows for the multi-rank pass, implemented by the
+// pair style with LAMMPS' forward and reverse communication. `rows` holds
+// one row of `width` doubles per graph node, node index = LAMMPS local or
+// ghost atom index.
+class FeatureExchange {
+ public:
+  virtual ~FeatureExchange() = default;
+  // every ghost row := its owner's row
+  virtual void forward(std::vector<double> &rows, int width) = 0;
+  // every owner row += the rows of its ghosts; ghost rows := 0 (the
+  // transpose of forward)
+  virtual void reverse(std::vector<double> &rows, int width) = 0;
 };
 
 class TorchModel {
@@ -50,6 +65,22 @@ class TorchModel {
   // One forward + backward pass. Throws std::runtime_error on failure.
   void evaluate(const GraphInput &in, GraphOutput &out);
 
+  // Domain-decomposed pass on an unfolded graph (nodes: local + ghost atoms,
+  // shifts zero). The model runs segment by segment (seg_first, seg_mid,
+  // seg_last); between segments the atom features go through
+  // exchange->forward, and in the backward pass, segment by segment, their
+  // adjoints through exchange->reverse. With exchange == nullptr the
+  // segments run back to back (no exchange). The energy differentiated is
+  // sum_i weight[i] * site_energy[i] (weight 1 for the local atoms this rank
+  // owns, 0 for ghosts). The exchange hooks are called the same number of
+  // times on every rank whatever the graph, also with no nodes.
+  void evaluate_segments(const GraphInput &in, const std::vector<double> &weight,
+                         FeatureExchange *exchange, GraphOutput &out);
+
+  int64_t feature_width() const { return feature_width_; }    // atom feature width (64)
+  int num_segments() const { return num_segments_; }          // n_conv
+  double bond_cutoff() const { return bond_cutoff_; }          // short-bond cutoff (3 Angstrom)
+
   // torch intra-op threads (n > 0); returns the number now in use.
   static int set_num_threads(int n);
   static int num_threads();
@@ -58,6 +89,9 @@ class TorchModel {
   struct Impl;
   std::unique_ptr<Impl> impl_;
   double cutoff_ = 0.0;
+  double bond_cutoff_ = 0.0;
+  int64_t feature_width_ = 0;
+  int num_segments_ = 0;
   std::string metadata_;
   std::string dtype_name_;
   std::string device_name_;

@@ -1,19 +1,34 @@
 /* pair_style chgnet: the LAMMPS side. Builds the model's graph from the full
    neighbour list, runs the TorchScript model (chgnet_model.cpp) and returns
-   energy, forces, global and per-atom virial and per-atom energy.
+   energy, forces, global (and, serial only, per-atom) virial and per-atom
+   energy.
 
-   Graph (one MPI rank): nodes are the local atoms of the types mapped to an
-   element. A neighbour j of local atom i within the model cutoff becomes the
-   edge i -> owner(j) with the integer image shift S that takes owner(j) to j,
-   found by atom ID (tag). Edge vectors are x_j - x_i, i.e. r_owner + S.cell -
-   r_i as the model contract asks. Every pair is taken once, from its
-   canonical side, and entered in both directions with exactly negated
-   vectors, so the list is symmetric to the last bit.
+   Serial graph (one MPI rank, "parallel serial"): nodes are the local atoms
+   of the types mapped to an element. A neighbour j of local atom i within
+   the model cutoff becomes the edge i -> owner(j) with the integer image
+   shift S that takes owner(j) to j, found by atom ID (tag). Edge vectors
+   are x_j - x_i, i.e. r_owner + S.cell - r_i as the model contract asks.
+   Every pair is taken once, from its canonical side, and entered in both
+   directions with exactly negated vectors, so the list is symmetric to the
+   last bit. All forces land on local atoms (no ghost forces).
 
-   Forces F_i = sum_j g_ij - sum_j g_ji and virial W = -sum r_ij (x) g_ij with
-   g = dE/d(edge vectors); LAMMPS' virial has the sign of W (positive
-   pressure for repulsion). All forces land on local atoms (no ghost forces),
-   so the virial is accumulated here and fdotr is switched off. */
+   Unfolded graph (many ranks, "parallel exchange" or "shell"): nodes are
+   all local and ghost atoms, node index = LAMMPS index, shifts zero. The
+   energy is the sum of the site energies of local atoms only; forces on
+   ghost atoms go back to their owners by LAMMPS' reverse communication
+   (newton_pair on). In exchange mode the model runs segment by segment and
+   the ghost rows of the atom features are overwritten by their owners'
+   after each exchange point (pack/unpack_forward_comm); in the backward
+   pass the adjoints of ghost rows are added to their owners' rows
+   (pack/unpack_reverse_comm). Ghost-ghost edges are kept only below the
+   short-bond cutoff: ghost atoms need correct bonds and angles (recomputed
+   redundantly in the halo), their own atom convolutions are overwritten at
+   the next exchange. See MPI_DESIGN.md and README.md.
+
+   Forces F_i = sum_j g_ij - sum_j g_ji and virial W = -sum r_ij (x) g_ij
+   over this rank's edges, with g = dE/d(edge vectors); LAMMPS sums W over
+   ranks and its virial has the sign of W (positive pressure for
+   repulsion). fdotr is switched off: the virial is accumulated here. */
 
 #include "pair_chgnet.h"
 
@@ -32,6 +47,7 @@
 #include "update.h"
 #include "utils.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -53,19 +69,39 @@ static const char cite_chgnet[] =
 
 static const double MIN_DISTANCE = 0.5;    // Angstrom, as the ASE calculator
 
+static const char *mode_name(int mode)
+{
+  static const char *names[] = {"auto", "serial", "exchange", "shell"};
+  return names[mode];
+}
+
+namespace {
+// the model's exchange hooks, on LAMMPS' forward and reverse communication
+class CommExchange : public crossfunctional::FeatureExchange {
+ public:
+  explicit CommExchange(PairCHGNet *pair) : pair(pair) {}
+  void forward(std::vector<double> &rows, int width) override { pair->exchange_rows(rows, width, true); }
+  void reverse(std::vector<double> &rows, int width) override { pair->exchange_rows(rows, width, false); }
+
+ private:
+  PairCHGNet *pair;
+};
+}    // namespace
+
 /* ---------------------------------------------------------------------- */
 
 PairCHGNet::PairCHGNet(LAMMPS *lmp) :
     Pair(lmp), graph(new crossfunctional::GraphInput), result(new crossfunctional::GraphOutput),
-    cutoff(0.0), nthreads(0), magmom(nullptr), nmax_magmom(0)
+    cutoff(0.0), nthreads(0), parallel_keyword(AUTO), mode(SERIAL), cutghost_set(0.0), report_graph(false),
+    comm_rows(nullptr), comm_width(0), magmom(nullptr), nmax_magmom(0)
 {
   if (lmp->citeme) lmp->citeme->add(cite_chgnet);
   single_enable = 0;
   restartinfo = 0;
   one_coeff = 1;
   manybody_flag = 1;
-  // forces go to local atoms only (ghosts folded onto owners), so the
-  // virial cannot come from f.r over local+ghost atoms: we sum it ourselves
+  // the virial is summed over this rank's edges here (serial: forces go to
+  // local atoms only, ghosts are folded onto owners, so f.r cannot give it)
   no_virial_fdotr_compute = 1;
   // the per-atom virial is the even split of each edge's r (x) g, not a
   // centroid stress
@@ -107,19 +143,13 @@ void PairCHGNet::check_environment(const char *where)
                "{} requires 'units metal' (eV, Angstrom, ps), but this input "
                "uses 'units {}'",
                where, update->unit_style);
-  if (comm->nprocs > 1)
-    error->all(FLERR,
-               "{} runs on a single MPI rank for now and this run has {} "
-               "ranks; the multi-rank version is not implemented yet. Run LAMMPS on one rank "
-               "(no mpirun, or -np 1) and give the model more threads instead "
-               "(pair_style chgnet <model.pt> threads N)",
-               where, comm->nprocs);
   if (domain->dimension != 3)
     error->all(FLERR, "{} requires a 3d simulation (dimension 3)", where);
 }
 
 /* ----------------------------------------------------------------------
    pair_style chgnet model.pt [threads N] [device cpu|cuda[:k]]
+                              [parallel auto|serial|exchange|shell]
 ------------------------------------------------------------------------- */
 
 void PairCHGNet::settings(int narg, char **arg)
@@ -128,10 +158,11 @@ void PairCHGNet::settings(int narg, char **arg)
   if (narg < 1)
     error->all(FLERR,
                "Illegal pair_style chgnet command: expected 'pair_style chgnet <model.pt> "
-               "[threads N] [device cpu|cuda]'");
+               "[threads N] [device cpu|cuda] [parallel auto|serial|exchange|shell]'");
   std::string file = arg[0];
   std::string device = "cpu";
   int threads = 0;
+  int parallel = AUTO;
   for (int iarg = 1; iarg < narg; iarg += 2) {
     const std::string key = arg[iarg];
     if (iarg + 1 >= narg)
@@ -143,10 +174,20 @@ void PairCHGNet::settings(int narg, char **arg)
                    threads);
     } else if (key == "device") {
       device = arg[iarg + 1];
+    } else if (key == "parallel") {
+      const std::string value = arg[iarg + 1];
+      parallel = -1;
+      for (int m = AUTO; m <= SHELL; m++)
+        if (value == mode_name(m)) parallel = m;
+      if (parallel < 0)
+        error->all(FLERR,
+                   "Illegal pair_style chgnet command: parallel '{}' unknown (known: auto, "
+                   "serial, exchange, shell)",
+                   value);
     } else {
       error->all(FLERR,
                  "Illegal pair_style chgnet command: unknown keyword '{}' (known: threads, "
-                 "device)",
+                 "device, parallel)",
                  key);
     }
   }
@@ -164,7 +205,10 @@ void PairCHGNet::settings(int narg, char **arg)
   if (threads > 0) crossfunctional::TorchModel::set_num_threads(threads);
   nthreads = crossfunctional::TorchModel::num_threads();
   model_file = file;
+  parallel_keyword = parallel;
   cutoff = model->cutoff();
+  // one row of atom features per atom in the exchange
+  comm_forward = comm_reverse = static_cast<int>(model->feature_width());
   if (!(cutoff > 0.0))
     error->all(FLERR, "pair_style chgnet: model '{}' has a non-positive cutoff {}", file, cutoff);
 
@@ -259,7 +303,81 @@ void PairCHGNet::init_style()
   if (!model) error->all(FLERR, "pair_style chgnet: no model loaded");
   if (atom->tag_enable == 0)
     error->all(FLERR, "pair_style chgnet requires atom IDs (atom_modify id yes)");
-  neighbor->add_request(this, NeighConst::REQ_FULL);
+
+  mode = parallel_keyword;
+  if (mode == AUTO) mode = comm->nprocs > 1 ? EXCHANGE : SERIAL;
+  if (mode == SERIAL) {
+    if (comm->nprocs > 1)
+      error->all(FLERR,
+                 "pair_style chgnet: 'parallel serial' folds ghost atoms onto local atoms and "
+                 "runs on a single MPI rank only, this run has {} ranks; use 'parallel "
+                 "exchange' (the default on more than one rank)",
+                 comm->nprocs);
+    neighbor->add_request(this, NeighConst::REQ_FULL);
+    return;
+  }
+
+  // unfolded graph: exchange or shell
+  if (model->num_segments() < 1)
+    error->all(FLERR,
+               "pair_style chgnet: model {} has no segment methods (seg_first, seg_mid, "
+               "seg_last), which 'parallel {}' needs; it was exported by an older "
+               "crossfunctional: export it again",
+               model_file, mode_name(mode));
+  if (force->newton_pair == 0)
+    error->all(FLERR,
+               "pair_style chgnet: 'parallel {}' puts forces on ghost atoms and needs "
+               "'newton on' (or 'newton on off' for pair interactions); this input has newton "
+               "pair off",
+               mode_name(mode));
+  if (comm->style != Comm::BRICK)
+    error->all(FLERR,
+               "pair_style chgnet: 'parallel {}' supports comm_style brick only (its "
+               "feature exchange is not implemented or tested for comm_style tiled); use "
+               "comm_style brick",
+               mode_name(mode));
+  if (comm->mode != 0)
+    error->all(FLERR,
+               "pair_style chgnet: 'parallel {}' needs comm_modify mode single (one ghost "
+               "cutoff for all atom types)",
+               mode_name(mode));
+
+  // ghost cutoff: the halo the mode needs plus the neighbour skin, so that it
+  // holds until the next reneighbouring
+  const double needed = ghost_cutoff_needed() + neighbor->skin;
+  const bool user_set = comm->cutghostuser > 0.0 && comm->cutghostuser != cutghost_set;
+  if (user_set && comm->cutghostuser < needed)
+    error->all(FLERR,
+               "pair_style chgnet: the ghost cutoff (comm_modify cutoff {}) is too small for "
+               "'parallel {}', which needs {} Angstrom ({} + neighbour skin {}); remove the "
+               "comm_modify cutoff (the pair style then sets it) or raise it to at least {}",
+               comm->cutghostuser, mode_name(mode), needed, ghost_cutoff_needed(), neighbor->skin,
+               needed);
+  if (comm->cutghostuser < needed) comm->cutghostuser = needed;
+  cutghost_set = comm->cutghostuser;
+  if (comm->me == 0)
+    utils::logmesg(lmp,
+                   "pair_style chgnet: parallel {} on {} MPI rank(s), ghost cutoff {} Angstrom\n",
+                   mode_name(mode), comm->nprocs, comm->cutghostuser);
+  neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+  report_graph = true;
+}
+
+/* ----------------------------------------------------------------------
+   distance (without skin) out to which ghost atoms must be present.
+   exchange: ghost atom features are exchanged, but the short bonds and
+   angles of the halo are recomputed here: the last bond update needs
+   short bonds at local atoms (ends within 3 A), each earlier one 3 A more,
+   and the angles of a bond need the short-bond neighbours of its ends:
+   n_conv x 3 A (12), at least the atom cutoff. shell: the receptive field
+   of a site energy, n_conv x 6 A (24).
+------------------------------------------------------------------------- */
+
+double PairCHGNet::ghost_cutoff_needed() const
+{
+  const double nseg = model->num_segments();
+  if (mode == SHELL) return nseg * cutoff;
+  return std::max(cutoff, nseg * model->bond_cutoff());
 }
 
 /* ---------------------------------------------------------------------- */
@@ -399,6 +517,11 @@ void PairCHGNet::compute(int eflag, int vflag)
   const int nlocal = atom->nlocal;
   for (int i = 0; i < nlocal; i++) magmom[i] = 0.0;
 
+  if (mode != SERIAL) {
+    compute_unfolded();
+    return;
+  }
+
   build_graph();
   const int nnodes = static_cast<int>(node_local.size());
   if (nnodes == 0) return;
@@ -455,6 +578,301 @@ void PairCHGNet::compute(int eflag, int vflag)
 }
 
 /* ----------------------------------------------------------------------
+   unfolded graph of local + ghost atoms (see top of file)
+------------------------------------------------------------------------- */
+
+void PairCHGNet::build_unfolded_graph()
+{
+  double **x = atom->x;
+  int *type = atom->type;
+  tagint *tag = atom->tag;
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+
+  const double cutsq_model = cutoff * cutoff;
+  // a little above the short-bond cutoff, so that rounding in the model's
+  // float32 bond length cannot make a dropped ghost-ghost pair short
+  const double short_cut = model->bond_cutoff() * (1.0 + 1.0e-4);
+  const double shortsq = short_cut * short_cut;
+  const double minsq = MIN_DISTANCE * MIN_DISTANCE;
+
+  // candidate pairs i < j within the cutoff, each from its lower index;
+  // in exchange mode ghost-ghost pairs only if short
+  std::vector<int> pi, pj;
+  std::vector<double> pr;
+  const int ntotal = list->inum + list->gnum;
+  int *ilist = list->ilist;
+  int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  for (int ii = 0; ii < ntotal; ii++) {
+    const int i = ilist[ii];
+    if (type_z[type[i]] == 0) continue;
+    const bool ghost_i = i >= nlocal;
+    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+    const int *jlist = firstneigh[i];
+    const int jnum = numneigh[i];
+    for (int jj = 0; jj < jnum; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (j <= i || type_z[type[j]] == 0) continue;
+      const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
+      const double rsq = dx * dx + dy * dy + dz * dz;
+      if (rsq >= cutsq_model) continue;
+      if (ghost_i && mode == EXCHANGE && rsq >= shortsq) continue;
+      if (rsq < minsq)
+        error->one(FLERR,
+                   "pair_style chgnet: atoms ID {} and {} are {:.4f} Angstrom apart, closer than "
+                   "{} Angstrom",
+                   tag[i], tag[j], std::sqrt(rsq), MIN_DISTANCE);
+      pi.push_back(i);
+      pj.push_back(j);
+      pr.insert(pr.end(), {dx, dy, dz, rsq});
+    }
+  }
+
+  // exchange mode: keep a ghost-ghost short bond only where it is needed.
+  // With exchanged atom features, the bond and angle features of short
+  // bonds at local atoms after the last of n_conv - 1 bond updates are
+  // right if every atom within H = n_conv - 1 short-bond hops of a local
+  // atom has all its short bonds (and so all its angles) in the graph.
+  std::vector<char> keep(pi.size(), 1);
+  if (mode == EXCHANGE) {
+    const int max_hop = model->num_segments() - 1;
+    std::vector<int> degree(nall + 1, 0);
+    for (size_t p = 0; p < pi.size(); p++)
+      if (pr[4 * p + 3] < shortsq) {
+        degree[pi[p] + 1]++;
+        degree[pj[p] + 1]++;
+      }
+    for (int i = 0; i < nall; i++) degree[i + 1] += degree[i];
+    std::vector<int> adjacent(degree[nall]), fill(degree.begin(), degree.end() - 1);
+    for (size_t p = 0; p < pi.size(); p++)
+      if (pr[4 * p + 3] < shortsq) {
+        adjacent[fill[pi[p]]++] = pj[p];
+        adjacent[fill[pj[p]]++] = pi[p];
+      }
+    hop.assign(nall, max_hop + 1);
+    std::vector<int> front, next;
+    for (int i = 0; i < nlocal; i++)
+      if (type_z[type[i]] > 0) {
+        hop[i] = 0;
+        front.push_back(i);
+      }
+    for (int h = 1; h <= max_hop && !front.empty(); h++) {
+      next.clear();
+      for (int i : front)
+        for (int k = degree[i]; k < degree[i + 1]; k++)
+          if (hop[adjacent[k]] > h) {
+            hop[adjacent[k]] = h;
+            next.push_back(adjacent[k]);
+          }
+      front.swap(next);
+    }
+    for (size_t p = 0; p < pi.size(); p++)
+      if (pi[p] >= nlocal && std::min(hop[pi[p]], hop[pj[p]]) > max_hop) keep[p] = 0;
+  }
+
+  // nodes: every local atom (node index = local index; NULL types are
+  // isolated nodes with a placeholder element and weight 0), then the ghost
+  // atoms that have an edge. Ghosts without one only relay the exchange.
+  node_atom.resize(nlocal);
+  for (int i = 0; i < nlocal; i++) node_atom[i] = i;
+  atom_node.assign(nall, -1);
+  for (int i = 0; i < nlocal; i++) atom_node[i] = i;
+  for (size_t p = 0; p < pi.size(); p++)
+    if (keep[p])
+      for (int i : {pi[p], pj[p]})
+        if (atom_node[i] < 0) {
+          atom_node[i] = static_cast<int>(node_atom.size());
+          node_atom.push_back(i);
+        }
+  const size_t nnodes = node_atom.size();
+  graph->atomic_numbers.resize(nnodes);
+  energy_weight.assign(nnodes, 0.0);
+  for (size_t a = 0; a < nnodes; a++) {
+    const int z = type_z[type[node_atom[a]]];
+    graph->atomic_numbers[a] = z > 0 ? z : 1;
+    if (node_atom[a] < nlocal && z > 0) energy_weight[a] = 1.0;
+  }
+
+  std::vector<int64_t> src, dst;
+  auto &vectors = graph->edge_vectors;
+  vectors.clear();
+  edge_i.clear();
+  edge_j.clear();
+  for (size_t p = 0; p < pi.size(); p++) {
+    if (!keep[p]) continue;
+    const int i = pi[p], j = pj[p];
+    const int a = atom_node[i], b = atom_node[j];
+    const double *d = &pr[4 * p];
+    src.insert(src.end(), {a, b});
+    dst.insert(dst.end(), {b, a});
+    vectors.insert(vectors.end(), {d[0], d[1], d[2], -d[0], -d[1], -d[2]});
+    edge_i.insert(edge_i.end(), {i, j});
+    edge_j.insert(edge_j.end(), {j, i});
+  }
+  graph->edge_shifts.assign(3 * src.size(), 0);
+  auto &edge_index = graph->edge_index;
+  edge_index.resize(src.size() + dst.size());
+  std::copy(src.begin(), src.end(), edge_index.begin());
+  std::copy(dst.begin(), dst.end(), edge_index.begin() + src.size());
+}
+
+/* ----------------------------------------------------------------------
+   energy, forces (local and ghost) and global virial on the unfolded graph.
+   Every rank gets here every step (compute is called on all ranks), so all
+   take part in every exchange, also with no atoms.
+------------------------------------------------------------------------- */
+
+void PairCHGNet::compute_unfolded()
+{
+  if (vflag_atom)
+    error->all(FLERR,
+               "pair_style chgnet: the per-atom virial (compute stress/atom, centroid/stress/atom) "
+               "is not available with 'parallel {}' (a rank's edge gradients are a different "
+               "split of the virial than the serial one); it is available with 'parallel "
+               "serial' on one MPI rank",
+               mode_name(mode));
+  build_unfolded_graph();
+  CommExchange exchange(this);
+  try {
+    model->evaluate_segments(*graph, energy_weight, mode == EXCHANGE ? &exchange : nullptr,
+                             *result);
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair_style chgnet: model evaluation failed: {}", e.what());
+  }
+
+  if (report_graph) {
+    // the halo's size: graph summed over ranks against the local atoms
+    // (a serial graph has one node per atom)
+    double mine[4] = {(double) atom->nlocal, (double) node_atom.size(), (double) edge_i.size(),
+                      (double) result->num_angles};
+    double sum[4], most[4];
+    MPI_Allreduce(mine, sum, 4, MPI_DOUBLE, MPI_SUM, world);
+    MPI_Allreduce(mine, most, 4, MPI_DOUBLE, MPI_MAX, world);
+    if (comm->me == 0)
+      utils::logmesg(lmp,
+                     "pair_style chgnet: graph over {} rank(s): {:.0f} local atoms, {:.0f} nodes, "
+                     "{:.0f} directed edges, {:.0f} angles (largest rank: {:.0f} local, {:.0f} "
+                     "nodes, {:.0f} edges, {:.0f} angles)\n",
+                     comm->nprocs, sum[0], sum[1], sum[2], sum[3], most[0], most[1], most[2],
+                     most[3]);
+    report_graph = false;
+  }
+
+  double **f = atom->f;
+  const std::vector<double> &g = result->grad;
+  const std::vector<double> &r = graph->edge_vectors;
+  const size_t nedges = edge_i.size();
+  for (size_t k = 0; k < nedges; k++) {
+    const double *gk = &g[3 * k];
+    double *fi = f[edge_i[k]];
+    double *fj = f[edge_j[k]];
+    fi[0] += gk[0];
+    fi[1] += gk[1];
+    fi[2] += gk[2];
+    fj[0] -= gk[0];
+    fj[1] -= gk[1];
+    fj[2] -= gk[2];
+  }
+
+  const int nlocal = atom->nlocal;
+  for (int i = 0; i < nlocal; i++) {    // node index = local index
+    if (energy_weight[i] == 0.0) continue;
+    const double e = result->site_energies[i];
+    if (eflag_global) eng_vdwl += e;
+    if (eflag_atom) eatom[i] += e;
+    magmom[i] = result->magmoms[i];
+  }
+
+  if (vflag_global)
+    for (size_t k = 0; k < nedges; k++) {
+      const double *gk = &g[3 * k];
+      const double *rk = &r[3 * k];
+      virial[0] -= rk[0] * gk[0];
+      virial[1] -= rk[1] * gk[1];
+      virial[2] -= rk[2] * gk[2];
+      virial[3] -= rk[0] * gk[1];
+      virial[4] -= rk[0] * gk[2];
+      virial[5] -= rk[1] * gk[2];
+    }
+}
+
+/* ----------------------------------------------------------------------
+   exchange of per-atom rows (atom features or their adjoints), one row of
+   comm_forward doubles per local + ghost atom
+------------------------------------------------------------------------- */
+
+void PairCHGNet::exchange_rows(std::vector<double> &rows, int width, bool forward)
+{
+  const int nlocal = atom->nlocal;
+  const size_t nall = static_cast<size_t>(nlocal) + atom->nghost;
+  const size_t nnodes = node_atom.size();
+  if (width != comm_forward || rows.size() != nnodes * width)
+    error->one(FLERR,
+               "pair_style chgnet: exchange of {} values of width {} for {} graph nodes (width {})",
+               rows.size(), width, nnodes, comm_forward);
+  // graph node rows <-> one row per local + ghost atom: forward comm
+  // overwrites every ghost row (relaying ghosts that are no graph node),
+  // reverse comm adds every ghost row to its owner
+  comm_buffer.assign(nall * width, 0.0);
+  for (size_t a = 0; a < nnodes; a++)
+    std::copy(&rows[a * width], &rows[a * width] + width, &comm_buffer[node_atom[a] * width]);
+  comm_rows = comm_buffer.data();
+  comm_width = width;
+  if (forward)
+    comm->forward_comm(this);
+  else
+    comm->reverse_comm(this);
+  comm_rows = nullptr;
+  for (size_t a = 0; a < nnodes; a++) {
+    if (!forward && node_atom[a] >= nlocal) {
+      std::fill(&rows[a * width], &rows[a * width] + width, 0.0);    // given to the owner
+      continue;
+    }
+    std::copy(&comm_buffer[node_atom[a] * width], &comm_buffer[node_atom[a] * width] + width,
+              &rows[a * width]);
+  }
+}
+
+int PairCHGNet::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)
+{
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    const double *row = comm_rows + static_cast<size_t>(list[i]) * comm_width;
+    for (int k = 0; k < comm_width; k++) buf[m++] = row[k];
+  }
+  return m;
+}
+
+void PairCHGNet::unpack_forward_comm(int n, int first, double *buf)
+{
+  int m = 0;
+  for (int i = first; i < first + n; i++) {
+    double *row = comm_rows + static_cast<size_t>(i) * comm_width;
+    for (int k = 0; k < comm_width; k++) row[k] = buf[m++];
+  }
+}
+
+int PairCHGNet::pack_reverse_comm(int n, int first, double *buf)
+{
+  int m = 0;
+  for (int i = first; i < first + n; i++) {
+    const double *row = comm_rows + static_cast<size_t>(i) * comm_width;
+    for (int k = 0; k < comm_width; k++) buf[m++] = row[k];
+  }
+  return m;
+}
+
+void PairCHGNet::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    double *row = comm_rows + static_cast<size_t>(list[i]) * comm_width;
+    for (int k = 0; k < comm_width; k++) row[k] += buf[m++];
+  }
+}
+
+/* ----------------------------------------------------------------------
    per-atom magnetic moments (muB) for fix pair: fix ID all pair N chgnet magmom 0
 ------------------------------------------------------------------------- */
 
@@ -477,5 +895,7 @@ double PairCHGNet::memory_usage()
   bytes += (double) graph->edge_shifts.capacity() * sizeof(int64_t);
   bytes += (double) graph->edge_index.capacity() * sizeof(int64_t);
   bytes += (double) (edge_i.capacity() + edge_j.capacity() + tag_node.capacity()) * sizeof(int);
+  bytes += (double) (hop.capacity() + node_atom.capacity() + atom_node.capacity()) * sizeof(int);
+  bytes += (double) (comm_buffer.capacity() + energy_weight.capacity()) * sizeof(double);
   return bytes;
 }

@@ -2,12 +2,24 @@
    LAMMPS pair style, loaded as a plugin.
 
      pair_style chgnet model.pt [threads N] [device cpu|cuda[:k]]
+                                [parallel auto|serial|exchange|shell]
      pair_coeff * * Si O NULL ...
 
-   Serial (one MPI rank): ghost atoms are folded onto their owners by atom
-   ID, so the graph nodes are the local atoms and every edge carries the
-   integer image shift of its neighbour, exactly the model contract of
-   DESIGN.md. */
+   serial (default on one MPI rank): ghost atoms are folded onto their
+   owners by atom ID, so the graph nodes are the local atoms and every edge
+   carries the integer image shift of its neighbour, exactly the model
+   contract of DESIGN.md.
+
+   exchange (default on more ranks): the graph is unfolded (nodes = local +
+   ghost atoms, shifts zero); the model runs segment by segment and the
+   atom features of ghost atoms are refreshed from their owners after each
+   of the first n_conv - 1 atom convolutions (forward comm), their adjoints
+   returned in the backward pass (reverse comm). Ghost cutoff n_conv x 3 A
+   (short-bond halo) + skin.
+
+   shell: the unfolded graph with no feature exchange, every layer on every
+   local and ghost atom; ghost cutoff n_conv x 6 A (the receptive field) +
+   skin. Exact but slow: an independent reference for exchange. */
 
 #ifndef LMP_PAIR_CHGNET_H
 #define LMP_PAIR_CHGNET_H
@@ -39,10 +51,34 @@ class PairCHGNet : public Pair {
   void *extract_peratom(const char *, int &) override;
   double memory_usage() override;
 
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+
+  // forward / reverse exchange of per-atom rows (see chgnet_model.h)
+  void exchange_rows(std::vector<double> &rows, int width, bool forward);
+
  protected:
   void allocate();
   void check_environment(const char *where);
   void build_graph();
+  void build_unfolded_graph();
+  void compute_unfolded();
+  double ghost_cutoff_needed() const;
+
+  enum { AUTO, SERIAL, EXCHANGE, SHELL };
+  int parallel_keyword;    // what pair_style asked for
+  int mode;                // what this run does (AUTO resolved in init_style)
+  double cutghost_set;     // the comm cutoff this style set (0 = none)
+  bool report_graph;       // log the graph sizes at the next compute
+  double *comm_rows;       // rows being exchanged (one per local + ghost atom)
+  int comm_width;
+  std::vector<double> energy_weight;    // 1 for local atoms of a chgnet type, else 0
+  std::vector<int> hop;    // exchange: short-bond hops from the nearest local atom
+  std::vector<int> node_atom;    // unfolded graph node -> local or ghost atom index
+  std::vector<int> atom_node;    // local or ghost atom index -> node (-1: none)
+  std::vector<double> comm_buffer;    // one row per local + ghost atom in an exchange
 
   std::unique_ptr<crossfunctional::TorchModel> model;
   std::unique_ptr<crossfunctional::GraphInput> graph;

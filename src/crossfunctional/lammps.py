@@ -28,10 +28,10 @@ no ``plugin load`` line is needed.
 Threads: the model runs on torch's intra-op thread pool (OpenMP). Its size is
 ``pair_style chgnet model.pt threads N`` if given, else ``OMP_NUM_THREADS``; with
 neither, 1 thread (LAMMPS sets its OpenMP default to 1 and torch follows it,
-in ``lmp`` and in ``lammps.lammps()`` alike). Run LAMMPS on a
-single MPI rank (the multi-rank version is not written yet) and do not add
-LAMMPS' own OpenMP styles (``package omp``/``-sf omp``) on top: both pools
-would compete for the same cores.
+in ``lmp`` and in ``lammps.lammps()`` alike). On many MPI ranks
+(``mpiexec -n N lmp -in in.md``, the same input) give each rank one thread,
+and do not add LAMMPS' own OpenMP styles (``package omp``/``-sf omp``) on
+top: the pools would compete for the same cores.
 """
 
 from __future__ import annotations

@@ -554,11 +554,79 @@ class CHGNet(nn.Module):
 
     def network(self, atomic_numbers: Tensor, g: Graph) -> Tuple[Tensor, Tensor]:
         """The network on a built graph: embedding, interaction blocks, last atom
-        convolution and readout. Returns site energies [N] eV and magmoms [N] μB."""
+        convolution and readout, run as the segments ``seg_first``, ``seg_mid``
+        and ``seg_last`` with an identity exchange between them. Returns site
+        energies [N] eV and magmoms [N] μB."""
+        atom_feas, bond_feas, angle_feas, w_ag, w_bg = self.seg_first(atomic_numbers, g)
+        for k in range(1, self.num_segments() - 1):
+            atom_feas, bond_feas, angle_feas = self.seg_mid(k, atom_feas, bond_feas, angle_feas, w_ag, w_bg, g)
+        return self.seg_last(atomic_numbers, atom_feas, bond_feas, angle_feas, w_ag, w_bg, g)
+
+    # ----------------------------------------------------------------- segments
+    # The forward pass, cut where a domain-decomposed engine exchanges ghost
+    # atom features (MPI_DESIGN.md, "B-halo"): after the atom convolution of
+    # every interaction block, before the bond and angle update that reads the
+    # atom features of both bond ends. The state (atom_feas [N, F], bond_feas
+    # [B, F], angle_feas [A, F]) and the bond weights (w_ag [B, F], w_bg [S, F])
+    # go in and out explicitly; the atom features a segment returns are
+    # A^{k+1}, the ones to exchange before the next segment. ``network``,
+    # ``blockwise_gradient`` (and so the ASE calculator and the serial LAMMPS
+    # path) call the segments back to back, i.e. with an identity exchange; the
+    # multi-rank LAMMPS pair style calls them with a ghost exchange between.
+
+    @torch.jit.export
+    def num_segments(self) -> int:
+        """Number of forward segments: one per atom convolution (n_conv)."""
+        return len(self.blocks) + 1
+
+    @torch.jit.export
+    def seg_first(self, atomic_numbers: Tensor, g: Graph) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Segment 0: embedding and the atom convolution of the first block.
+        Returns (A^1 [N, F], bond_feas [B, F], angle_feas [A, F], w_ag [B, F],
+        w_bg [S, F]); all but the atom embedding depend on ``g``'s geometry."""
         atom_feas, bond_feas, angle_feas, w_ag, w_bg = self.embed(atomic_numbers, g)
-        for block in self.blocks:
-            atom_feas, bond_feas, angle_feas = block(atom_feas, bond_feas, angle_feas, w_ag, w_bg, g)
-        magmoms = self.magmoms(atom_feas)  # CHGNet reads magmoms after the last full block
+        for i, block in enumerate(self.blocks):  # TorchScript reaches modules by iteration only
+            if i == 0:
+                atom_feas = block.atom_conv(atom_feas, bond_feas, w_ag, g)
+        return atom_feas, bond_feas, angle_feas, w_ag, w_bg
+
+    @torch.jit.export
+    def seg_mid(
+        self, k: int, atom_feas: Tensor, bond_feas: Tensor, angle_feas: Tensor, w_ag: Tensor, w_bg: Tensor, g: Graph
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Segment k (1 <= k < num_segments() - 1): bond and angle update of
+        block k-1 from A^k, then the atom convolution of block k. Returns
+        (A^{k+1}, bond_feas, angle_feas)."""
+        if k < 1 or k >= len(self.blocks):
+            raise RuntimeError("seg_mid: segment index out of range")
+        for i, block in enumerate(self.blocks):
+            if i == k - 1:
+                bond_feas, angle_feas = block.update_bonds_and_angles(atom_feas, bond_feas, angle_feas, w_bg, g)
+        for i, block in enumerate(self.blocks):
+            if i == k:
+                atom_feas = block.atom_conv(atom_feas, bond_feas, w_ag, g)
+        return atom_feas, bond_feas, angle_feas
+
+    @torch.jit.export
+    def seg_last(
+        self,
+        atomic_numbers: Tensor,
+        atom_feas: Tensor,
+        bond_feas: Tensor,
+        angle_feas: Tensor,
+        w_ag: Tensor,
+        w_bg: Tensor,
+        g: Graph,
+    ) -> Tuple[Tensor, Tensor]:
+        """Last segment: bond and angle update of the last block from
+        A^{n_conv-1}, magmoms from those atom features (where CHGNet reads
+        them), last atom convolution and readout. Returns site energies [N] eV
+        and magmoms [N] μB. The last angle update is read by nothing."""
+        n_blocks = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            if i == n_blocks - 1:
+                bond_feas, angle_feas = block.update_bonds_and_angles(atom_feas, bond_feas, angle_feas, w_bg, g)
+        magmoms = self.magmoms(atom_feas)
         atom_feas = self.last_atom_conv(atom_feas, bond_feas, w_ag, g)
         return self.site_energies(atomic_numbers, atom_feas), magmoms
 
@@ -605,51 +673,51 @@ class CHGNet(nn.Module):
         grad = _grad_or_zeros([site_energies.sum()], [vectors], None)[0]
         return site_energies.detach(), magmoms.detach(), grad
 
-    def block_states(self, atomic_numbers: Tensor, g: Graph) -> Tuple[List[Tuple[Tensor, Tensor, Tensor]], Tensor, Tensor]:
-        """(atom, bond, angle) features before each block and after the last
-        one, and the bond weights (w_ag [B, F], w_bg [S, F]) that every block reads."""
-        atom_feas, bond_feas, angle_feas, w_ag, w_bg = self.embed(atomic_numbers, g)
+    def segment_states(
+        self, atomic_numbers: Tensor, g: Graph
+    ) -> Tuple[List[Tuple[Tensor, Tensor, Tensor]], Tensor, Tensor]:
+        """(atom, bond, angle) features entering each segment after the first,
+        and the bond weights (w_ag [B, F], w_bg [S, F]) that every segment reads."""
+        atom_feas, bond_feas, angle_feas, w_ag, w_bg = self.seg_first(atomic_numbers, g)
         states: List[Tuple[Tensor, Tensor, Tensor]] = [(atom_feas, bond_feas, angle_feas)]
-        for block in self.blocks:
-            atom_feas, bond_feas, angle_feas = block(atom_feas, bond_feas, angle_feas, w_ag, w_bg, g)
+        for k in range(1, self.num_segments() - 1):
+            atom_feas, bond_feas, angle_feas = self.seg_mid(k, atom_feas, bond_feas, angle_feas, w_ag, w_bg, g)
             states.append((atom_feas, bond_feas, angle_feas))
         return states, w_ag, w_bg
 
     def blockwise_gradient(self, atomic_numbers: Tensor, g: Graph, vectors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Memory-lean dE/d(vectors): a forward pass on detached inputs that keeps
-        only the state between blocks, then a backward pass from the readout to
-        the embedding that recomputes one block at a time and carries the
+        only the state between segments, then a backward pass from the readout
+        to the embedding that recomputes one segment at a time and carries the
         adjoints of the atom, bond and angle features (and of the bond weights,
-        which every block reads) from block to block.
+        which every segment reads) from segment to segment. The multi-rank
+        LAMMPS pair style runs the same segment-by-segment backward pass, with
+        a reverse exchange of the atom-feature adjoints between segments.
 
         The forward pass records no autograd graph only when the parameters do
         not require gradients, as in modules from ``load_model``
         (``torch.no_grad`` blocks whose results are used later do not compile
         in TorchScript)."""
-        states, w_ag, w_bg = self.block_states(atomic_numbers, g)
-        atom_feas, bond_feas, angle_feas = states[-1]
-        magmoms = self.magmoms(atom_feas)
-        a = atom_feas.detach().requires_grad_(True)
-        b = bond_feas.detach().requires_grad_(True)
-        wa = w_ag.detach().requires_grad_(True)
-        site_energies = self.site_energies(atomic_numbers, self.last_atom_conv(a, b, wa, g))
-        adj = _grad_or_zeros([site_energies.sum()], [a, b, wa], None)
-        adj_atom, adj_bond, adj_w_ag = adj[0], adj[1], adj[2]
-        adj_angle = torch.zeros_like(angle_feas)
-        adj_w_bg = torch.zeros_like(w_bg)
-        for k in range(len(states) - 2, -1, -1):
-            for i, recomputed in enumerate(self.blocks):  # TorchScript reaches modules by iteration only
-                if i == k:
-                    inputs = [x.detach().requires_grad_(True) for x in [states[k][0], states[k][1], states[k][2], w_ag, w_bg]]
-                    out = recomputed(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], g)
-                    adj = _grad_or_zeros([out[0], out[1], out[2]], inputs, [adj_atom, adj_bond, adj_angle])
-                    adj_atom, adj_bond, adj_angle = adj[0], adj[1], adj[2]
-                    adj_w_ag = adj_w_ag + adj[3]
-                    adj_w_bg = adj_w_bg + adj[4]
-        geometry = self.with_geometry(g, vectors)
-        _, bond0, angle0, w_ag0, w_bg0 = self.embed(atomic_numbers, geometry)
-        grad = _grad_or_zeros([bond0, angle0, w_ag0, w_bg0], [vectors], [adj_bond, adj_angle, adj_w_ag, adj_w_bg])[0]
-        return site_energies.detach(), magmoms, grad
+        states, w_ag, w_bg = self.segment_states(atomic_numbers, g)
+        last = [x.detach().requires_grad_(True) for x in [states[-1][0], states[-1][1], states[-1][2], w_ag, w_bg]]
+        site_energies, magmoms = self.seg_last(atomic_numbers, last[0], last[1], last[2], last[3], last[4], g)
+        adj = _grad_or_zeros([site_energies.sum()], last, None)
+        adj_atom, adj_bond, adj_angle, adj_w_ag, adj_w_bg = adj[0], adj[1], adj[2], adj[3], adj[4]
+        for k in range(len(states) - 1, 0, -1):
+            state = states[k - 1]
+            inputs = [x.detach().requires_grad_(True) for x in [state[0], state[1], state[2], w_ag, w_bg]]
+            out = self.seg_mid(k, inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], g)
+            adj = _grad_or_zeros([out[0], out[1], out[2]], inputs, [adj_atom, adj_bond, adj_angle])
+            adj_atom, adj_bond, adj_angle = adj[0], adj[1], adj[2]
+            adj_w_ag = adj_w_ag + adj[3]
+            adj_w_bg = adj_w_bg + adj[4]
+        first = self.seg_first(atomic_numbers, self.with_geometry(g, vectors))
+        grad = _grad_or_zeros(
+            [first[0], first[1], first[2], first[3], first[4]],
+            [vectors],
+            [adj_atom, adj_bond, adj_angle, adj_w_ag, adj_w_bg],
+        )[0]
+        return site_energies.detach(), magmoms.detach(), grad
 
 
 def _grad_or_zeros(outputs: List[Tensor], inputs: List[Tensor], grad_outputs: Optional[List[Tensor]]) -> List[Tensor]:

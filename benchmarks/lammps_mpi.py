@@ -1,0 +1,293 @@
+"""Multi-rank ``pair_style chgnet`` (issue 8): exactness on many systems and
+rank layouts, long NVE on several rank counts, and time per step.
+
+    python benchmarks/lammps_mpi.py verify      # single points, all systems x layouts
+    python benchmarks/lammps_mpi.py nve         # 200 NVE steps, thermo across rank counts
+    python benchmarks/lammps_mpi.py speed       # Si 4096: time per step, 1 and 2 ranks
+    python benchmarks/lammps_mpi.py report      # tables of the three in results/lammps_mpi/tables.md
+
+Each writes ``benchmarks/results/lammps_mpi/<part>.json``. Every run is an
+``mpiexec -n N lmp`` subprocess under a timeout. The reference is the serial
+(folded) pair style on one rank; deviations are max|Δ|/max|ref| per
+quantity (energy, per-atom energies, forces by atom ID, the six virial
+pressure components).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk
+
+from crossfunctional.models import export
+from crossfunctional.workflows.lammps_mpi import deviations, mpi_nve, mpi_single_point, run_lmp
+from crossfunctional.workflows.lammps_md import write_data
+
+OUT = Path(__file__).resolve().parent / "results" / "lammps_mpi"
+MODELS = Path("/tmp") / "crossfunctional-lammps-mpi-models"
+
+# (ranks, pair_style options, processors): the issue's layouts
+LAYOUTS = [
+    (1, "parallel exchange", ""),
+    (2, "", ""),
+    (3, "", ""),
+    (4, "", "4 1 1"),
+    (4, "", "2 2 1"),
+]
+
+
+def model(dtype: str) -> Path:
+    path = MODELS / f"chgnet_r2scan_{dtype}.pt"
+    if not path.is_file():
+        MODELS.mkdir(parents=True, exist_ok=True)
+        export("chgnet-r2scan", path, dtype=dtype)
+    return path
+
+
+def systems() -> dict[str, Atoms]:
+    si512 = bulk("Si", "diamond", a=5.43, cubic=True).repeat((4, 4, 4))
+    si512.rattle(0.1, seed=5)
+    si64 = bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 2, 2))
+    si64.rattle(0.1, seed=3)
+    tri = bulk("Si", "diamond", a=5.43).repeat((4, 4, 4))  # primitive fcc cell: 60 degree angles
+    tri.rattle(0.05, seed=11)
+    mgo = bulk("MgO", "rocksalt", a=4.21, cubic=True).repeat((3, 3, 3))
+    mgo.rattle(0.05, seed=6)
+    slab = bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 2, 2))
+    slab.center(vacuum=20.0, axis=0)  # 4 1 1: the two outer ranks have no local atoms
+    slab.rattle(0.05, seed=2)
+    si8 = bulk("Si", "diamond", a=5.43, cubic=True)
+    si8.rattle(0.1, seed=1)
+    return {"Si 512": si512, "Si 64": si64, "Si triclinic 128": tri, "MgO 216": mgo, "Si slab 64 + vacuum": slab, "Si 8": si8}
+
+
+def verify(args) -> dict:
+    results = []
+    todo = [(name, atoms, "float64", lay) for name, atoms in systems().items() for lay in LAYOUTS]
+    todo.append(("Si 64", systems()["Si 64"], "float64", (2, "parallel shell", "")))
+    todo += [("Si 512", systems()["Si 512"], "float32", lay) for lay in LAYOUTS[1:3]]
+    refs = {}
+    for name, atoms, dtype, (ranks, options, processors) in todo:
+        if args.only and not any(s in name for s in args.only):
+            continue
+        if args.ranks and ranks not in args.ranks:
+            continue
+        key = (name, dtype)
+        if key not in refs:
+            t = time.perf_counter()
+            refs[key] = mpi_single_point(atoms, model(dtype), 0, timeout=args.timeout)
+            print(f"{name} {dtype} serial {time.perf_counter() - t:.1f}s", flush=True)
+        t = time.perf_counter()
+        got = mpi_single_point(atoms, model(dtype), ranks, pair_options=options, processors=processors, timeout=args.timeout)
+        wall = time.perf_counter() - t
+        dev = deviations(got, refs[key])
+        tol = 1e-6 if dtype == "float64" else 1e-5
+        row = {
+            "system": name, "atoms": len(atoms), "dtype": dtype, "ranks": ranks,
+            "options": options or "(default: exchange)", "processors": processors or "auto",
+            "wall_s": round(wall, 1), "pass": bool(max(dev.values()) < tol), "tolerance": tol,
+            **{k: float(v) for k, v in dev.items()},
+        }  # fmt: skip
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        _write(args, {"rows": results, "all_pass": all(r["pass"] for r in results)})  # as it goes
+    return {"rows": results, "all_pass": all(r["pass"] for r in results)}
+
+
+def nve(args) -> dict:
+    atoms = systems()["Si 64"]
+    runs = {}
+    for ranks, options, processors in [(0, "", ""), (2, "", ""), (4, "", "2 2 1")]:
+        label = f"{ranks or 1} rank(s) {options or ('serial' if ranks == 0 else 'exchange')} {processors}".strip()
+        t = time.perf_counter()
+        out = mpi_nve(
+            atoms, model("float64"), ranks, args.steps, temperature=1500.0, pair_options=options,
+            processors=processors, thermo_every=10, timeout=3000, timestep_ps=0.001,
+        )  # fmt: skip
+        rows = out["thermo"]
+        # LAMMPS' end-of-run statistics: local atoms per rank (ave, max, min) after the run
+        nlocal = re.search(r"Nlocal:\s+(\S+) ave\s+(\S+) max\s+(\S+) min", out["log"])
+        runs[label] = {"wall_s": round(time.perf_counter() - t, 1), "thermo": rows,
+                       "nlocal_ave_max_min_at_end": [float(v) for v in nlocal.groups()] if nlocal else None}  # fmt: skip
+        print(label, runs[label]["wall_s"], rows[-1], flush=True)
+    ref = runs[next(iter(runs))]["thermo"]
+    worst = {}
+    for label, run in runs.items():
+        dev = 0.0
+        for a, b in zip(ref, run["thermo"]):
+            for key in ("PotEng", "TotEng", "Press", "Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz"):
+                scale = abs(a[key]) if key in ("PotEng", "TotEng") else max(abs(a["Press"]), 100.0)
+                dev = max(dev, abs(a[key] - b[key]) / scale)
+        worst[label] = {"max_relative_deviation": dev, "per_step": [(a["Step"], abs(a["PotEng"] - b["PotEng"])) for a, b in zip(ref, run["thermo"])]}
+    return {"system": "Si 64, 1500 K, 1 fs, reneighbouring every step", "steps": args.steps, "runs": runs, "deviation_from_serial": worst}
+
+
+def _loop_time(log: str) -> float:
+    m = re.search(r"Loop time of ([0-9.eE+-]+) on", log)
+    return float(m.group(1))
+
+
+def _serial_graph(atoms: Atoms) -> dict:
+    """Nodes, directed edges and angles of the serial (periodic) graph."""
+    import torch
+
+    from crossfunctional.models import load_model
+    from crossfunctional.neighbors import neighbor_list
+
+    net = load_model("chgnet-r2scan")
+    z, edge_index, shifts, vectors = neighbor_list(atoms, 6.0).to_torch("cpu", torch.float32)
+    g = net.build_graph(edge_index, shifts, vectors, len(atoms))
+    return {"nodes": len(atoms), "edges": int(edge_index.shape[1]), "angles": int(g.angle_center.shape[0])}
+
+
+def _graph_line(log: str) -> dict | None:
+    m = re.search(
+        r"graph over (\d+) rank\(s\): (\d+) local atoms, (\d+) nodes, (\d+) directed edges, (\d+) angles "
+        r"\(largest rank: (\d+) local, (\d+) nodes, (\d+) edges, (\d+) angles\)",
+        log,
+    )
+    if m is None:
+        return None
+    v = [int(x) for x in m.groups()]
+    return {"sum": {"local": v[1], "nodes": v[2], "edges": v[3], "angles": v[4]},
+            "largest_rank": {"local": v[5], "nodes": v[6], "edges": v[7], "angles": v[8]}}  # fmt: skip
+
+
+def speed(args) -> dict:
+    """Time per MD step of Si 4096 (one thread per rank). ``serial, no
+    recompute``: the serial path with the whole backward pass in memory (the
+    default export differentiates graphs above 100k edges + angles segment
+    by segment, recomputing each), which is what the unfolded path does."""
+    from crossfunctional.models import load_model
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((8, 8, 8))
+    atoms.rattle(0.05, seed=7)
+    no_recompute = MODELS / f"chgnet_r2scan_{args.dtype}_no_recompute.pt"
+    if not no_recompute.is_file():
+        net = load_model("chgnet-r2scan", dtype=args.dtype)
+        net.recompute_threshold = 10**12
+        export(net, no_recompute, dtype=args.dtype)
+    serial_graph = _serial_graph(atoms)
+    rows = []
+    configs = [
+        ("serial", 0, 1, "", model(args.dtype)),
+        ("serial, no recompute", 0, 1, "", no_recompute),
+        ("exchange", 2, 1, "", model(args.dtype)),
+        ("exchange, no recompute", 2, 1, "", no_recompute),
+        ("exchange on 1 rank", 1, 1, "parallel exchange", model(args.dtype)),
+    ]
+    for label, ranks, threads, options, path in configs:
+        work = Path(tempfile.mkdtemp(prefix="chgnet-mpi-speed-"))
+        data = write_data(atoms, work / "si4096.data")
+        script = f"""units metal
+atom_style atomic
+read_data {data.path}
+pair_style chgnet {path} threads {threads} {options}
+pair_coeff * * Si
+velocity all create 300.0 1234 mom yes rot no
+timestep 0.001
+fix nve all nve
+thermo 1
+run {args.steps}
+"""
+        proc = run_lmp(script, ranks, work, timeout=3000, threads=threads)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
+        loop = _loop_time(proc.stdout)
+        graph = _graph_line(proc.stdout)
+        row = {"config": label, "ranks": ranks or 1, "threads_per_rank": threads, "steps": args.steps,
+               "s_per_step": loop / args.steps, "graph": graph}  # fmt: skip
+        if graph is not None:
+            row["halo_factor_sum_over_ranks"] = {k: graph["sum"][k] / serial_graph[k] for k in ("nodes", "edges", "angles")}
+            row["halo_factor_largest_rank"] = {
+                k: graph["largest_rank"][k] / (serial_graph[k] * graph["largest_rank"]["local"] / len(atoms))
+                for k in ("nodes", "edges", "angles")
+            }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {"system": "Si 4096 (8x8x8 cubic cells, 43.4 A box), rattled 0.05 A, NVE from 300 K", "dtype": args.dtype,
+            "serial_graph": serial_graph, "rows": rows}  # fmt: skip
+
+
+def report(args) -> dict:
+    """Markdown tables of verify.json, nve.json and speed.json."""
+    lines = []
+    verify_file, nve_file, speed_file = (OUT / f"{k}.json" for k in ("verify", "nve", "speed"))
+    if verify_file.is_file():
+        v = json.loads(verify_file.read_text())
+        lines += ["## Single points against the serial pair style", "",
+                  "max|Δ|/max|ref| per quantity; tolerance 1e-6 (float64) and 1e-5 (float32).", "",
+                  "| system | atoms | dtype | ranks | mode | processors | energy | pe/atom | forces | pressure | wall s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for r in v["rows"]:
+            lines.append(
+                f"| {r['system']} | {r['atoms']} | {r['dtype']} | {r['ranks']} | {r['options']} | {r['processors']} | "
+                f"{r['energy']:.1e} | {r['energies']:.1e} | {r['forces']:.1e} | {r['pressure']:.1e} | {r['wall_s']} |"
+            )
+        lines += ["", f"All pass: {v['all_pass']}.", ""]
+    if nve_file.is_file():
+        n = json.loads(nve_file.read_text())
+        lines += [f"## NVE: {n['system']}, {n['steps']} steps", "",
+                  "| run | wall s | max relative deviation from 1 rank (PE, TotEng, pressure components) | local atoms per rank at the end (ave, max, min) |",
+                  "| --- | --- | --- | --- |"]  # fmt: skip
+        for label, run in n["runs"].items():
+            dev = n["deviation_from_serial"][label]["max_relative_deviation"]
+            lines.append(f"| {label} | {run['wall_s']} | {dev:.1e} | {run.get('nlocal_ave_max_min_at_end')} |")
+        lines.append("")
+    if speed_file.is_file():
+        sp = json.loads(speed_file.read_text())
+        lines += [f"## Time per step: {sp['system']}, {sp['dtype']}", "",
+                  f"Serial graph: {sp['serial_graph']}.", "",
+                  "| config | ranks x threads | s/step | graph nodes / edges / angles over all ranks vs serial | largest rank vs its share of serial |",
+                  "| --- | --- | --- | --- | --- |"]  # fmt: skip
+        for r in sp["rows"]:
+            f_sum = r.get("halo_factor_sum_over_ranks")
+            f_max = r.get("halo_factor_largest_rank")
+            fmt = (lambda f: " / ".join(f"{f[k]:.2f}" for k in ("nodes", "edges", "angles"))) if f_sum else None
+            lines.append(
+                f"| {r['config']} | {r['ranks']} x {r['threads_per_rank']} | {r['s_per_step']:.2f} | "
+                f"{fmt(f_sum) if f_sum else '-'} | {fmt(f_max) if f_max else '-'} |"
+            )
+        lines.append("")
+    (OUT / "tables.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return {}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("part", choices=["verify", "nve", "speed", "report"])
+    p.add_argument("--only", nargs="*", default=None, help="verify: only systems whose name contains one of these")
+    p.add_argument("--ranks", nargs="*", type=int, default=None, help="verify: only these rank counts")
+    p.add_argument("--tag", default="", help="suffix of the output file name")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--timeout", type=float, default=1800)
+    args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = 200 if args.part == "nve" else 3
+    if args.part == "report":
+        report(args)
+        return 0
+    result = {"verify": verify, "nve": nve, "speed": speed}[args.part](args)
+    print(f"wrote {_write(args, result)}")
+    return 0
+
+
+def _write(args, result: dict) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{args.part}{'_' + args.tag if args.tag else ''}.json"
+    path.write_text(json.dumps(result, indent=1))
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
