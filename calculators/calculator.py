@@ -52,6 +52,37 @@ def compiled(model: torch.nn.Module) -> torch.nn.Module:
         return torch.jit.script(model)
 
 
+def retain_freed_memory() -> bool:
+    """Keep freed memory in the process heap for reuse (glibc only; process-wide).
+
+    glibc serves every allocation above 32 MB with a fresh ``mmap`` and returns
+    it to the OS when freed, so each large intermediate tensor of a big graph
+    is page-faulted in again on every call (about 0.6 ms per MB on the
+    development VM; Si 4,096 atoms spent a third of its time there). With
+    ``mmap`` disabled for ``malloc`` and no trimming of the heap, freed blocks
+    are reused: time per atom then stays flat from 512 to 8,000 atoms
+    (``benchmarks/performance.py``). The price is that the process keeps its
+    peak heap after a large calculation instead of returning it to the OS.
+
+    Returns:
+        True if the settings were applied, False where glibc's ``mallopt`` is
+        not available (other C libraries are left alone).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
 class CrossFunctionalCalculator(Calculator):
     """ASE calculator running a crossfunctional model (TorchScript CHGNet).
 
@@ -65,6 +96,14 @@ class CrossFunctionalCalculator(Calculator):
             phonons and finite differences).
         task: the channel of a multi-task checkpoint (e.g. ``"r2scan"``),
             folded into a plain model (:func:`crossfunctional.models.load_model`).
+        recompute_threshold: for a model the calculator loads itself, graphs
+            with more edges plus angles than this (default 500,000, e.g. Si
+            beyond about 8,500 atoms, MgO beyond about 1,500) are
+            differentiated block by block with recomputation: about 0.35
+            instead of 0.85 MB per atom for Si, and 40 % more time.
+        retain_memory: on CPU, call :func:`retain_freed_memory` (process-wide
+            glibc setting) so that large graphs do not page-fault their
+            intermediates in again on every call; False keeps glibc's defaults.
 
     Properties, in ASE units: ``energy`` and ``free_energy`` (eV), ``forces``
     (eV/Å), ``stress`` (eV/Å³, Voigt order, positive tensile; only for fully
@@ -92,6 +131,8 @@ class CrossFunctionalCalculator(Calculator):
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = None,
         task: str | None = None,
+        recompute_threshold: int = 500_000,
+        retain_memory: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -103,11 +144,14 @@ class CrossFunctionalCalculator(Calculator):
         else:
             self.model = load_model(model, device=device, dtype=dtype, task=task)
             self.runner = compiled(self.model)
+            self.runner.recompute_threshold = int(recompute_threshold)
         param = next(iter(self.model.parameters()))
         self.device = param.device
         self.dtype = param.dtype
         self.cutoff = float(self.model.atom_graph_cutoff)
         self.metadata = model_metadata(self.model)
+        if retain_memory and self.device.type == "cpu":
+            retain_freed_memory()
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)

@@ -366,3 +366,21 @@ def test_torch_jit_script(name, wbm, our_models):
         torch.testing.assert_close(s_grad, grad, rtol=0, atol=1e-4)
     energies, magmoms, grad = scripted(*inputs, False)
     assert grad.shape == (0, 3) and energies.shape == magmoms.shape == (len(atoms),)
+
+
+def test_recompute_threshold_reaches_the_runner_and_keeps_the_numbers():
+    """The calculator's recompute_threshold selects the block-by-block
+    gradient on its own TorchScript runner; both paths give the same results."""
+    from ase.build import bulk
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.rattle(0.05, seed=3)
+    lean = CrossFunctionalCalculator(dtype="float64", recompute_threshold=0)
+    assert lean.runner.recompute_threshold == 0
+    default = CrossFunctionalCalculator(dtype="float64")
+    assert default.runner.recompute_threshold == 500_000
+    a, b = atoms.copy(), atoms.copy()
+    a.calc, b.calc = lean, default
+    assert abs(a.get_potential_energy() - b.get_potential_energy()) < 1e-9
+    assert np.abs(a.get_forces() - b.get_forces()).max() < 1e-9
+    assert np.abs(a.get_stress() - b.get_stress()).max() < 1e-11
