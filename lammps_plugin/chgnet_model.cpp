@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <sstream>
 #include <stdexcept>
+#include <tuple>
 
 namespace crossfunctional {
 
@@ -106,31 +107,46 @@ TorchModel::TorchModel(const std::string &path, const std::string &device) : imp
 
 TorchModel::~TorchModel() = default;
 
-void TorchModel::evaluate(const GraphInput &in, GraphOutput &out)
+namespace {
+
+// The model's inputs (atomic numbers [N], edge index [2, E], image shifts
+// [E, 3], edge vectors [E, 3]) on the model's device, the vectors in its
+// dtype. from_blob does not copy and the module never writes to its inputs;
+// .to() copies whenever the device or dtype differs, and always for the
+// vectors when copy_vectors is set (they become an autograd leaf).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>
+input_tensors(const GraphInput &in, const torch::TensorOptions &model_opts, bool copy_vectors)
 {
   const int64_t n = static_cast<int64_t>(in.atomic_numbers.size());
   const int64_t e = in.num_edges();
   const auto long_cpu = torch::TensorOptions().dtype(torch::kInt64);
   const auto double_cpu = torch::TensorOptions().dtype(torch::kFloat64);
+  const auto long_model = long_cpu.device(model_opts.device());
+  auto z = torch::from_blob(const_cast<int64_t *>(in.atomic_numbers.data()), {n}, long_cpu)
+               .to(model_opts.device());
+  if (e == 0)
+    return {z, torch::zeros({2, 0}, long_model), torch::zeros({0, 3}, long_model),
+            torch::zeros({0, 3}, model_opts)};
+  auto edge_index = torch::from_blob(const_cast<int64_t *>(in.edge_index.data()), {2, e}, long_cpu)
+                        .to(model_opts.device());
+  auto shifts = torch::from_blob(const_cast<int64_t *>(in.edge_shifts.data()), {e, 3}, long_cpu)
+                    .to(model_opts.device());
+  auto vectors = torch::from_blob(const_cast<double *>(in.edge_vectors.data()), {e, 3}, double_cpu)
+                     .to(model_opts, false, copy_vectors);
+  return {z, edge_index, shifts, vectors};
+}
+
+}  // namespace
+
+void TorchModel::evaluate(const GraphInput &in, GraphOutput &out)
+{
+  const int64_t n = static_cast<int64_t>(in.atomic_numbers.size());
+  const int64_t e = in.num_edges();
   try {
     torch::jit::setGraphExecutorOptimize(false);
-    // from_blob does not copy; the module never writes to its inputs, and
-    // .to() copies whenever the device or dtype differs.
-    auto z = torch::from_blob(const_cast<int64_t *>(in.atomic_numbers.data()), {n}, long_cpu)
-                 .to(impl_->device);
-    torch::Tensor edge_index, shifts, vectors;
-    if (e > 0) {
-      edge_index = torch::from_blob(const_cast<int64_t *>(in.edge_index.data()), {2, e}, long_cpu)
-                       .to(impl_->device);
-      shifts = torch::from_blob(const_cast<int64_t *>(in.edge_shifts.data()), {e, 3}, long_cpu)
-                   .to(impl_->device);
-      vectors = torch::from_blob(const_cast<double *>(in.edge_vectors.data()), {e, 3}, double_cpu)
-                    .to(impl_->device, impl_->dtype);
-    } else {
-      edge_index = torch::zeros({2, 0}, long_cpu.device(impl_->device));
-      shifts = torch::zeros({0, 3}, long_cpu.device(impl_->device));
-      vectors = torch::zeros({0, 3}, double_cpu.dtype(impl_->dtype).device(impl_->device));
-    }
+    torch::Tensor z, edge_index, shifts, vectors;
+    std::tie(z, edge_index, shifts, vectors) =
+        input_tensors(in, torch::TensorOptions().dtype(impl_->dtype).device(impl_->device), false);
     std::vector<torch::jit::IValue> inputs{z, edge_index, shifts, vectors, true};
     auto result = impl_->module.forward(inputs).toTuple();
     const auto &items = result->elements();
@@ -197,7 +213,6 @@ void TorchModel::evaluate_segments(const GraphInput &in, const std::vector<doubl
   const int nseg = num_segments_;
   if (static_cast<int64_t>(weight.size()) != n)
     throw std::runtime_error("evaluate_segments: one energy weight per node needed");
-  const auto long_cpu = torch::TensorOptions().dtype(torch::kInt64);
   const auto double_cpu = torch::TensorOptions().dtype(torch::kFloat64);
   const auto model_opts = torch::TensorOptions().dtype(impl_->dtype).device(impl_->device);
 
@@ -237,21 +252,8 @@ void TorchModel::evaluate_segments(const GraphInput &in, const std::vector<doubl
     torch::jit::setGraphExecutorOptimize(false);
     torch::AutoGradMode grad_mode(true);
     auto &module = impl_->module;
-    auto z = torch::from_blob(const_cast<int64_t *>(in.atomic_numbers.data()), {n}, long_cpu)
-                 .to(impl_->device);
-    torch::Tensor edge_index, shifts, vectors;
-    if (e > 0) {
-      edge_index = torch::from_blob(const_cast<int64_t *>(in.edge_index.data()), {2, e}, long_cpu)
-                       .to(impl_->device);
-      shifts = torch::from_blob(const_cast<int64_t *>(in.edge_shifts.data()), {e, 3}, long_cpu)
-                   .to(impl_->device);
-      vectors = torch::from_blob(const_cast<double *>(in.edge_vectors.data()), {e, 3}, double_cpu)
-                    .to(model_opts, false, true);
-    } else {
-      edge_index = torch::zeros({2, 0}, long_cpu.device(impl_->device));
-      shifts = torch::zeros({0, 3}, long_cpu.device(impl_->device));
-      vectors = torch::zeros({0, 3}, model_opts);
-    }
+    torch::Tensor z, edge_index, shifts, vectors;
+    std::tie(z, edge_index, shifts, vectors) = input_tensors(in, model_opts, true);
     auto w = torch::from_blob(const_cast<double *>(weight.data()), {n}, double_cpu).to(model_opts, false, true);
 
     // topology (and a copy of the geometry without gradient) from the plain

@@ -69,6 +69,22 @@ static const char cite_chgnet[] =
 
 static const double MIN_DISTANCE = 0.5;    // Angstrom, as the ASE calculator
 
+// F_i += g_ij and F_j -= g_ij for every edge i -> j, g = dE/d(edge vector)
+// [3 * E] (DESIGN.md); i and j are LAMMPS atom indices (owners or ghosts)
+static void add_edge_forces(double **f, const std::vector<int> &edge_i, const std::vector<int> &edge_j,
+                            const std::vector<double> &g)
+{
+  for (size_t k = 0; k < edge_i.size(); k++) {
+    const double *gk = &g[3 * k];
+    double *fi = f[edge_i[k]];
+    double *fj = f[edge_j[k]];
+    for (int d = 0; d < 3; d++) {
+      fi[d] += gk[d];
+      fj[d] -= gk[d];
+    }
+  }
+}
+
 static const char *mode_name(int mode)
 {
   static const char *names[] = {"auto", "serial", "exchange", "shell"};
@@ -536,17 +552,7 @@ void PairCHGNet::compute(int eflag, int vflag)
   const std::vector<double> &g = result->grad;
   const std::vector<double> &r = graph->edge_vectors;
   const size_t nedges = edge_i.size();
-  for (size_t k = 0; k < nedges; k++) {
-    const double *gk = &g[3 * k];
-    double *fi = f[edge_i[k]];
-    double *fj = f[edge_j[k]];
-    fi[0] += gk[0];
-    fi[1] += gk[1];
-    fi[2] += gk[2];
-    fj[0] -= gk[0];
-    fj[1] -= gk[1];
-    fj[2] -= gk[2];
-  }
+  add_edge_forces(f, edge_i, edge_j, g);
 
   for (int a = 0; a < nnodes; a++) {
     const int i = node_local[a];
@@ -763,17 +769,7 @@ void PairCHGNet::compute_unfolded()
   const std::vector<double> &g = result->grad;
   const std::vector<double> &r = graph->edge_vectors;
   const size_t nedges = edge_i.size();
-  for (size_t k = 0; k < nedges; k++) {
-    const double *gk = &g[3 * k];
-    double *fi = f[edge_i[k]];
-    double *fj = f[edge_j[k]];
-    fi[0] += gk[0];
-    fi[1] += gk[1];
-    fi[2] += gk[2];
-    fj[0] -= gk[0];
-    fj[1] -= gk[1];
-    fj[2] -= gk[2];
-  }
+  add_edge_forces(f, edge_i, edge_j, g);
 
   const int nlocal = atom->nlocal;
   for (int i = 0; i < nlocal; i++) {    // node index = local index

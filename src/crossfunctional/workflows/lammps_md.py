@@ -275,13 +275,11 @@ def _rename_thermo(frame):
     return frame.rename(columns=names)
 
 
-def read_thermo(log_text: str):
-    """The thermo tables of a LAMMPS log (all runs) as one pandas DataFrame,
-    columns as LAMMPS names them."""
-    import pandas as pd
-
+def thermo_rows(log_text: str) -> list[dict[str, float]]:
+    """The rows of every thermo table of a LAMMPS log (all runs), each a dict
+    keyed by the column names LAMMPS prints after ``Step``."""
     lines = log_text.splitlines()
-    rows: list[dict] = []
+    rows: list[dict[str, float]] = []
     k = 0
     while k < len(lines):
         names = lines[k].split()
@@ -297,6 +295,15 @@ def read_thermo(log_text: str):
                     break
                 k += 1
         k += 1
+    return rows
+
+
+def read_thermo(log_text: str):
+    """The thermo tables of a LAMMPS log (all runs) as one pandas DataFrame,
+    columns as LAMMPS names them."""
+    import pandas as pd
+
+    rows = thermo_rows(log_text)
     frame = pd.DataFrame(rows)
     if "Step" in frame:
         frame["Step"] = frame["Step"].astype(int)

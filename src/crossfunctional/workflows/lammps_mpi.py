@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from crossfunctional.workflows.lammps_md import write_data
+from crossfunctional.workflows.lammps_md import thermo_rows, write_data
 
 __all__ = ["deviations", "lmp_command", "mpi_nve", "mpi_single_point", "run_lmp"]
 
@@ -122,7 +122,7 @@ run 0 post no
         proc = run_lmp(script, ranks, work, timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"lmp on {ranks} rank(s) failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-        rows = _thermo_rows(proc.stdout)
+        rows = thermo_rows(proc.stdout)
         table = np.loadtxt(work / "atoms.dump", skiprows=9, ndmin=2)
     row = rows[0]
     return {
@@ -168,24 +168,7 @@ run {steps}
         proc = run_lmp(script, ranks, work, timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"lmp on {ranks} rank(s) failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-        return {"thermo": _thermo_rows(proc.stdout), "log": proc.stdout}
-
-
-def _thermo_rows(log: str) -> list[dict]:
-    lines = log.splitlines()
-    rows = []
-    for k, line in enumerate(lines):
-        if line.split()[:1] == ["Step"]:
-            names = line.split()
-            for row in lines[k + 1 :]:
-                parts = row.split()
-                if len(parts) != len(names):
-                    break
-                try:
-                    rows.append(dict(zip(names, map(float, parts))))
-                except ValueError:
-                    break
-    return rows
+        return {"thermo": thermo_rows(proc.stdout), "log": proc.stdout}
 
 
 def deviations(got: dict, ref: dict) -> dict:
