@@ -136,6 +136,20 @@ input_tensors(const GraphInput &in, const torch::TensorOptions &model_opts, bool
   return {z, edge_index, shifts, vectors};
 }
 
+// Site energies [N], magmoms [N] and dE/d(edge vectors) [E, 3] into out, as
+// float64 on the host; wrong shapes are an error.
+void copy_output(const torch::Tensor &energies, const torch::Tensor &magmoms, const torch::Tensor &grad,
+                 int64_t n, int64_t e, GraphOutput &out)
+{
+  auto host = [](const torch::Tensor &t) { return t.detach().to(torch::kCPU, torch::kFloat64).contiguous(); };
+  auto en = host(energies), mag = host(magmoms), g = host(grad);
+  if (en.numel() != n || mag.numel() != n || g.numel() != 3 * e)
+    throw std::runtime_error("model returned tensors of unexpected shape");
+  out.site_energies.assign(en.data_ptr<double>(), en.data_ptr<double>() + n);
+  out.magmoms.assign(mag.data_ptr<double>(), mag.data_ptr<double>() + n);
+  out.grad.assign(g.data_ptr<double>(), g.data_ptr<double>() + 3 * e);
+}
+
 }  // namespace
 
 void TorchModel::evaluate(const GraphInput &in, GraphOutput &out)
@@ -150,14 +164,7 @@ void TorchModel::evaluate(const GraphInput &in, GraphOutput &out)
     std::vector<torch::jit::IValue> inputs{z, edge_index, shifts, vectors, true};
     auto result = impl_->module.forward(inputs).toTuple();
     const auto &items = result->elements();
-    auto energies = items[0].toTensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
-    auto magmoms = items[1].toTensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
-    auto grad = items[2].toTensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
-    if (energies.numel() != n || magmoms.numel() != n || grad.numel() != 3 * e)
-      throw std::runtime_error("model returned tensors of unexpected shape");
-    out.site_energies.assign(energies.data_ptr<double>(), energies.data_ptr<double>() + n);
-    out.magmoms.assign(magmoms.data_ptr<double>(), magmoms.data_ptr<double>() + n);
-    out.grad.assign(grad.data_ptr<double>(), grad.data_ptr<double>() + 3 * e);
+    copy_output(items[0].toTensor(), items[1].toTensor(), items[2].toTensor(), n, e, out);
   } catch (const std::exception &err) {
     throw std::runtime_error(clean_message(err.what()));
   }
@@ -310,14 +317,7 @@ void TorchModel::evaluate_segments(const GraphInput &in, const std::vector<doubl
       adj_wbg = adj_wbg + adj[4];
     }
 
-    auto energies = last[0].detach().to(torch::kCPU, torch::kFloat64).contiguous();
-    auto magmoms = last[1].detach().to(torch::kCPU, torch::kFloat64).contiguous();
-    grad = grad.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-    if (energies.numel() != n || magmoms.numel() != n || grad.numel() != 3 * e)
-      throw std::runtime_error("model segments returned tensors of unexpected shape");
-    out.site_energies.assign(energies.data_ptr<double>(), energies.data_ptr<double>() + n);
-    out.magmoms.assign(magmoms.data_ptr<double>(), magmoms.data_ptr<double>() + n);
-    out.grad.assign(grad.data_ptr<double>(), grad.data_ptr<double>() + 3 * e);
+    copy_output(last[0], last[1], grad, n, e, out);
   } catch (const std::exception &err) {
     throw std::runtime_error(clean_message(err.what()));
   }
