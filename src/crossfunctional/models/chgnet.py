@@ -40,6 +40,14 @@ class Graph(NamedTuple):
 
     Shapes: N nodes, E directed edges, B undirected bonds, S short bonds
     (length below the bond-graph cutoff), A angles.
+
+    The atom convolution visits the directed edges in bond order: rows
+    ``0..B-1`` are the bonds' representative edges (``bond_edge``), rows
+    ``B..2B-1`` their reverses (``conv_center``/``conv_neighbor``), so that
+    per-bond inputs are broadcast over a ``[2, B, ...]`` view instead of being
+    gathered per edge. Short directed edges follow the same rule: short
+    directed edge ``s < S`` is the representative edge of short bond ``s``,
+    ``S + s`` its reverse.
     """
 
     center: Tensor  # [E] int64, i of edge i -> j
@@ -54,6 +62,10 @@ class Graph(NamedTuple):
     angle_bond_j: Tensor  # [A] int64, short-bond index of the second bond
     bond_length: Tensor  # [B] float, Å
     angle: Tensor  # [A] float, radians, angle between the two bonds
+    conv_center: Tensor  # [2B] int64, i of the directed edges in bond order (see below)
+    conv_neighbor: Tensor  # [2B] int64, j of the directed edges in bond order
+    short_edge_atom: Tensor  # [2S] int64, atom each short directed edge leaves
+    angle_edge: Tensor  # [A] int64, short directed edge of each angle's first bond
 
 
 def reverse_edges(edge_index: Tensor, edge_shifts: Tensor, num_nodes: int) -> Tensor:
@@ -175,45 +187,24 @@ class AtomConv(nn.Module):
         """atom_feas [N, F], bond_feas [B, F], bond_weights [B, F] -> [N, F].
 
         The ``v_i`` and ``v_j`` blocks of the first layer are one product per
-        atom ([N, 4H]), the ``e_ij`` block (with the bias) one per bond; their
-        gathers onto the edges are summed in place."""
+        atom ([N, 4H]), gathered onto the directed edges (in the graph's bond
+        order) and summed in place; the ``e_ij`` block (with the bias) is one
+        product per bond, added to both directions of the bond by
+        broadcasting, as are the bond weights."""
         w = self.mlp.weight_in  # [3, 2H, F]: v_i, e_ij, v_j
-        p_i, p_j = F.linear(atom_feas, torch.cat([w[0], w[2]])).split(w.shape[1], dim=1)
-        pre = (
-            torch.index_select(p_i, 0, g.center)
-            .add_(torch.index_select(F.linear(bond_feas, w[1], self.mlp.bias_in), 0, g.edge_bond))
-            .add_(torch.index_select(p_j, 0, g.neighbor))
-        )
-        messages = self.mlp(pre) * torch.index_select(bond_weights, 0, g.edge_bond)
-        summed = torch.zeros_like(atom_feas).index_add_(0, g.center, messages)
+        n_bonds, width = bond_feas.shape[0], w.shape[1]
+        p_i, p_j = F.linear(atom_feas, torch.cat([w[0], w[2]])).split(width, dim=1)
+        p_ij = F.linear(bond_feas, w[1], self.mlp.bias_in)
+        pre = torch.index_select(p_i, 0, g.conv_center).add_(torch.index_select(p_j, 0, g.conv_neighbor))
+        pre = (pre.view(2, n_bonds, width) + p_ij).view(2 * n_bonds, width)
+        dim = bond_weights.shape[1]
+        messages = (self.mlp(pre).view(2, n_bonds, dim) * bond_weights).view(2 * n_bonds, dim)
+        summed = torch.zeros_like(atom_feas).index_add_(0, g.conv_center, messages)
         return torch.addmm(atom_feas, summed, self.out.weight.t())
 
 
-class AngleIndex(NamedTuple):
-    """Where the angles of a graph read their per-bond inputs, shared by the
-    bond convolution and the angle update of a block.
-
-    A short bond ``s`` has two directed edges: its representative edge
-    ``g.bond_edge[g.short_bonds[s]]`` is short directed edge ``s``, the reverse
-    one is ``S + s``.
-    """
-
-    edge_atom: Tensor  # [2S] int64, atom the short directed edge leaves
-    angle_edge: Tensor  # [A] int64, short directed edge of each angle's first bond
-
-
-def angle_index(g: Graph) -> AngleIndex:
-    """:class:`AngleIndex` of ``g``."""
-    rep = torch.index_select(g.bond_edge, 0, g.short_bonds)
-    flipped = g.angle_edge_i != torch.index_select(rep, 0, g.angle_bond_i)
-    return AngleIndex(
-        edge_atom=torch.cat([torch.index_select(g.center, 0, rep), torch.index_select(g.neighbor, 0, rep)]),
-        angle_edge=torch.where(flipped, g.angle_bond_i + rep.shape[0], g.angle_bond_i),
-    )
-
-
 def _angle_mlp(
-    mlp: GatedMLP, p_atom: Tensor, short_feas: Tensor, angle_feas: Tensor, idx: AngleIndex, p_ik: Tensor
+    mlp: GatedMLP, p_atom: Tensor, short_feas: Tensor, angle_feas: Tensor, g: Graph, p_ik: Tensor
 ) -> Tensor:
     """An angle MLP on ``[e_ij, e_ik, a_jik, v_i]`` -> [A, F].
 
@@ -223,7 +214,7 @@ def _angle_mlp(
             short directed edge leaves.
         short_feas: [S, F], features of the short bonds.
         angle_feas: [A, F].
-        idx: the graph's :class:`AngleIndex`.
+        g: the graph (``angle_edge``: short directed edge of each angle).
         p_ik: [A, 2H], the ``e_ik`` block gathered onto the angles.
 
     The ``e_ij`` and ``v_i`` blocks are summed per short directed edge
@@ -233,7 +224,7 @@ def _angle_mlp(
     n_short = short_feas.shape[0]
     p_ij = F.linear(short_feas, mlp.weight_in[0])
     per_edge = (p_atom.view(2, n_short, p_ij.shape[1]) + p_ij).view(2 * n_short, p_ij.shape[1])
-    gathered = torch.index_select(per_edge, 0, idx.angle_edge).add_(p_ik)
+    gathered = torch.index_select(per_edge, 0, g.angle_edge).add_(p_ik)
     return mlp.forward_onto(gathered, 2, angle_feas)
 
 
@@ -252,19 +243,16 @@ class BondConv(nn.Module):
     ) -> Tensor:
         """atom_feas [N, F], bond_feas [B, F], short_weights [S, F], angle_feas
         [A, F] -> updated bond_feas [B, F] (only short bonds change)."""
-        idx = angle_index(g)
-        p_atom = torch.index_select(F.linear(atom_feas, self.mlp.weight_in[3], self.mlp.bias_in), 0, idx.edge_atom)
-        return self.update(p_atom, bond_feas, short_weights, angle_feas, g, idx)
+        p_atom = torch.index_select(F.linear(atom_feas, self.mlp.weight_in[3], self.mlp.bias_in), 0, g.short_edge_atom)
+        return self.update(p_atom, bond_feas, short_weights, angle_feas, g)
 
     @torch.jit.export
-    def update(
-        self, p_atom: Tensor, bond_feas: Tensor, short_weights: Tensor, angle_feas: Tensor, g: Graph, idx: AngleIndex
-    ) -> Tensor:
+    def update(self, p_atom: Tensor, bond_feas: Tensor, short_weights: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
         """``forward`` from the ``v_i`` block p_atom [2S, 2H] (see
         :func:`_angle_mlp`)."""
         short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
         p_ik = torch.index_select(F.linear(short_feas, self.mlp.weight_in[1]), 0, g.angle_bond_j)
-        update = _angle_mlp(self.mlp, p_atom, short_feas, angle_feas, idx, p_ik)
+        update = _angle_mlp(self.mlp, p_atom, short_feas, angle_feas, g, p_ik)
         update = update * torch.index_select(short_weights, 0, g.angle_bond_j)
         summed = torch.zeros_like(short_feas).index_add_(0, g.angle_bond_i, update) * short_weights
         return bond_feas.index_add(0, g.short_bonds, self.out(summed))
@@ -279,16 +267,15 @@ class AngleUpdate(nn.Module):
 
     def forward(self, atom_feas: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
         """atom_feas [N, F], bond_feas [B, F], angle_feas [A, F] -> [A, F]."""
-        idx = angle_index(g)
-        p_atom = torch.index_select(F.linear(atom_feas, self.mlp.weight_in[3], self.mlp.bias_in), 0, idx.edge_atom)
-        return self.update(p_atom, bond_feas, angle_feas, g, idx)
+        p_atom = torch.index_select(F.linear(atom_feas, self.mlp.weight_in[3], self.mlp.bias_in), 0, g.short_edge_atom)
+        return self.update(p_atom, bond_feas, angle_feas, g)
 
     @torch.jit.export
-    def update(self, p_atom: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph, idx: AngleIndex) -> Tensor:
+    def update(self, p_atom: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
         """``forward`` from the ``v_i`` block p_atom [2S, 2H] (see :func:`_angle_mlp`)."""
         short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
         p_ik = torch.index_select(F.linear(short_feas, self.mlp.weight_in[1]), 0, g.angle_bond_j)
-        return angle_feas + _angle_mlp(self.mlp, p_atom, short_feas, angle_feas, idx, p_ik)
+        return angle_feas + _angle_mlp(self.mlp, p_atom, short_feas, angle_feas, g, p_ik)
 
 
 class InteractionBlock(nn.Module):
@@ -334,19 +321,18 @@ class InteractionBlock(nn.Module):
         [B, F], angle_feas [A, F], short_weights_bg [S, F]). Returns (bond_feas
         [B, F], angle_feas [A, F]). An engine that exchanges ghost atom
         features does so between ``atom_conv`` and this call."""
-        idx = angle_index(g)
         bond_mlp = self.bond_conv.mlp
         angle_mlp = self.angle_update.mlp
         if not self.update_angles:
-            p_atom = torch.index_select(F.linear(atom_feas, bond_mlp.weight_in[3], bond_mlp.bias_in), 0, idx.edge_atom)
-            return self.bond_conv.update(p_atom, bond_feas, short_weights_bg, angle_feas, g, idx), angle_feas
+            p_atom = torch.index_select(F.linear(atom_feas, bond_mlp.weight_in[3], bond_mlp.bias_in), 0, g.short_edge_atom)
+            return self.bond_conv.update(p_atom, bond_feas, short_weights_bg, angle_feas, g), angle_feas
         # the v_i blocks of both MLPs as one product, gathered onto the short directed edges once
         weight = torch.cat([bond_mlp.weight_in[3], angle_mlp.weight_in[3]])
         bias = torch.cat([bond_mlp.bias_in, angle_mlp.bias_in])
-        p_atom = torch.index_select(F.linear(atom_feas, weight, bias), 0, idx.edge_atom)
+        p_atom = torch.index_select(F.linear(atom_feas, weight, bias), 0, g.short_edge_atom)
         p_bond_atom, p_angle_atom = p_atom.split(bond_mlp.weight_in.shape[1], dim=1)
-        bond_feas = self.bond_conv.update(p_bond_atom, bond_feas, short_weights_bg, angle_feas, g, idx)
-        return bond_feas, self.angle_update.update(p_angle_atom, bond_feas, angle_feas, g, idx)
+        bond_feas = self.bond_conv.update(p_bond_atom, bond_feas, short_weights_bg, angle_feas, g)
+        return bond_feas, self.angle_update.update(p_angle_atom, bond_feas, angle_feas, g)
 
 
 class CHGNet(nn.Module):
@@ -456,6 +442,10 @@ class CHGNet(nn.Module):
         keep = first != second
         e1 = short_edges[first[keep]]
         e2 = short_edges[second[keep]]
+        src = center[bond_edge]
+        dst = edge_index[1][bond_edge]
+        angle_bond_i = bond_to_short[edge_bond[e1]]
+        short_rep = bond_edge[short_bonds]
         return Graph(
             center=center,
             neighbor=edge_index[1],
@@ -465,10 +455,14 @@ class CHGNet(nn.Module):
             angle_center=center[e1],
             angle_edge_i=e1,
             angle_edge_j=e2,
-            angle_bond_i=bond_to_short[edge_bond[e1]],
+            angle_bond_i=angle_bond_i,
             angle_bond_j=bond_to_short[edge_bond[e2]],
             bond_length=bond_length,
             angle=self.angles(edge_vectors, e1, e2),
+            conv_center=torch.cat([src, dst]),
+            conv_neighbor=torch.cat([dst, src]),
+            short_edge_atom=torch.cat([src[short_bonds], dst[short_bonds]]),
+            angle_edge=torch.where(e1 != short_rep[angle_bond_i], angle_bond_i + short_bonds.shape[0], angle_bond_i),
         )
 
     def angles(self, edge_vectors: Tensor, edge_i: Tensor, edge_j: Tensor) -> Tensor:
@@ -496,6 +490,10 @@ class CHGNet(nn.Module):
             angle_bond_j=g.angle_bond_j,
             bond_length=torch.linalg.norm(edge_vectors[g.bond_edge], dim=1),
             angle=self.angles(edge_vectors, g.angle_edge_i, g.angle_edge_j),
+            conv_center=g.conv_center,
+            conv_neighbor=g.conv_neighbor,
+            short_edge_atom=g.short_edge_atom,
+            angle_edge=g.angle_edge,
         )
 
     def radial_basis(self, r: Tensor, frequencies: Tensor, cutoff: float) -> Tensor:
