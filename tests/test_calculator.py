@@ -384,3 +384,10 @@ def test_recompute_threshold_reaches_the_runner_and_keeps_the_numbers():
     assert abs(a.get_potential_energy() - b.get_potential_energy()) < 1e-9
     assert np.abs(a.get_forces() - b.get_forces()).max() < 1e-9
     assert np.abs(a.get_stress() - b.get_stress()).max() < 1e-11
+
+
+def test_compile_needs_python_model(tmp_path, our_models):
+    """``compile=True`` with a TorchScript file is a clear error, not a failure inside torch.compile."""
+    path = export(our_models[("chgnet-r2scan", "float32")], tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="TorchScript"):
+        CrossFunctionalCalculator(str(path), compile=True)
