@@ -11,9 +11,10 @@ Usage::
     python benchmarks/speed.py [--repeats 7] [--threads 2] [--wbm 100] [--model chgnet-r2scan]
         [--compile] [--output benchmarks/results/speed.json]
 
-``--compile`` times ``CrossFunctionalCalculator(compile=True)`` (the network
-through ``torch.compile``); its one-time compilation is timed separately
-(``compile_s``) and, like every first call, left out of the medians.
+``--compile`` also times ``CrossFunctionalCalculator(compile=True)`` (the
+network through ``torch.compile``), in the same alternation (``ratio_compiled``);
+its one-time compilation is timed separately (``compile_s``) and, like every
+first call, left out of the medians.
 """
 
 from __future__ import annotations
@@ -79,11 +80,12 @@ def main() -> None:
     from crossfunctional.io import atomic_write
 
     upstream = CHGNet.load(model_name=UPSTREAM_NAME[args.model], use_device="cpu", verbose=False)
-    calc = CrossFunctionalCalculator(model=args.model, compile=args.compile)
+    variants = {"ours": CrossFunctionalCalculator(model=args.model)}
     compile_s = None
     if args.compile:  # the one-time compilation, on the first structure's graph
+        variants["compiled"] = CrossFunctionalCalculator(model=args.model, compile=True)
         first = next(iter(structures(0).values())).copy()
-        first.calc = calc
+        first.calc = variants["compiled"]
         t0 = time.perf_counter()
         first.get_forces()
         compile_s = time.perf_counter() - t0
@@ -92,51 +94,52 @@ def main() -> None:
     rows = []
     for name, atoms in structures(args.wbm).items():
         structure = AseAtomsAdaptor.get_structure(atoms)
+        runs = {"upstream": lambda: upstream.predict_structure(structure, task="efs")}
+        for key, calc in variants.items():
 
-        def run_upstream() -> None:
-            upstream.predict_structure(structure, task="efs")
+            def run(calc=calc) -> None:
+                calc.reset()
+                atoms.calc = calc
+                atoms.get_forces()
+                atoms.get_stress()
 
-        def run_ours() -> None:
-            calc.reset()
-            atoms.calc = calc
-            atoms.get_forces()
-            atoms.get_stress()
-
-        run_upstream(), run_ours()  # warm-up
-        t_up, t_ours = [], []
-        for _ in range(args.repeats):
-            t_up.append(median_time(run_upstream, 1))
-            t_ours.append(median_time(run_ours, 1))
-        row = {
-            "name": name,
-            "n_atoms": len(atoms),
-            "upstream_s": float(np.median(t_up)),
-            "ours_s": float(np.median(t_ours)),
-        }
-        row["ratio"] = row["upstream_s"] / row["ours_s"]
+            runs[key] = run
+        for run in runs.values():  # warm-up
+            run()
+        times: dict[str, list[float]] = {key: [] for key in runs}
+        for _ in range(args.repeats):  # alternating, so that machine load hits every side alike
+            for key, run in runs.items():
+                times[key].append(median_time(run, 1))
+        row = {"name": name, "n_atoms": len(atoms)}
+        row.update({f"{key}_s": float(np.median(t)) for key, t in times.items()})
+        for key in variants:
+            row["ratio" if key == "ours" else f"ratio_{key}"] = row["upstream_s"] / row[f"{key}_s"]
         rows.append(row)
         if not name.startswith("wbm:"):
-            print(f"{name:>8} {len(atoms):5d} atoms  upstream {row['upstream_s']:.4f} s  ours {row['ours_s']:.4f} s  ratio {row['ratio']:.2f}", flush=True)
+            text = "  ".join(f"{key} {row[key + '_s']:.4f} s" for key in runs)
+            ratios = "  ".join(f"{row['ratio' if k == 'ours' else 'ratio_' + k]:.2f}" for k in variants)
+            print(f"{name:>8} {len(atoms):5d} atoms  {text}  ratio {ratios}", flush=True)
 
-    wbm = [r["ratio"] for r in rows if r["name"].startswith("wbm:")]
-    named = [r for r in rows if not r["name"].startswith("wbm:")]
-    summary = {r["name"]: r["ratio"] for r in named}
-    if wbm:
-        summary["WBM (median over structures)"] = float(np.median(wbm))
-        print(f"{'WBM':>8} {len(wbm)} structures: median ratio {np.median(wbm):.2f} (min {min(wbm):.2f}, max {max(wbm):.2f})")
-    overall = float(np.median(list(summary.values())))
-    print(f"median ratio over {', '.join(summary)}: {overall:.2f}")
     result = {
         "model": args.model,
         "threads": args.threads,
         "repeats": args.repeats,
-        "compile": args.compile,
         "compile_s": compile_s,
         "torch": torch.__version__,
-        "summary_ratio": summary,
-        "median_ratio": overall,
         "rows": rows,
     }
+    for key in variants:
+        field = "ratio" if key == "ours" else f"ratio_{key}"
+        wbm = [r[field] for r in rows if r["name"].startswith("wbm:")]
+        summary = {r["name"]: r[field] for r in rows if not r["name"].startswith("wbm:")}
+        if wbm:
+            summary["WBM (median over structures)"] = float(np.median(wbm))
+            print(f"{key}: WBM {len(wbm)} structures: median ratio {np.median(wbm):.2f} (min {min(wbm):.2f}, max {max(wbm):.2f})")
+        overall = float(np.median(list(summary.values())))
+        print(f"{key}: median ratio over {', '.join(summary)}: {overall:.2f}")
+        suffix = "" if key == "ours" else f"_{key}"
+        result[f"summary_ratio{suffix}"] = summary
+        result[f"median_ratio{suffix}"] = overall
     with atomic_write(args.output) as fh:
         json.dump(result, fh, indent=1)
     print(f"wrote {args.output}")
