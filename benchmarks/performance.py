@@ -3,13 +3,15 @@
 Usage::
 
     python benchmarks/performance.py [--threads 2] [--output benchmarks/results/performance.json]
+        [--skip memory scaling flops batch] [--compile]
 
 * memory: peak resident memory (ru_maxrss) of a fresh process that evaluates
   energy + forces + stress once, ours and upstream ``chgnet``, minus the same
   process's resident memory after imports and model load; MgO 512 atoms
   (a = 4.21 Å) and Si 512, ours also Si 10,000 (skipped for upstream, which
   needs ~4.8 MB/atom);
-* scaling: time per atom for Si 512 -> 8,000 atoms (ours);
+* scaling: time per atom for Si 512 -> 8,000 atoms (ours; with ``--compile``
+  also ``CrossFunctionalCalculator(compile=True)``, key ``scaling_compiled``);
 * GFLOP/s: matrix-product FLOPs of one energy+forces+stress evaluation
   (torch.utils.flop_counter, forward and backward) over its wall time, against
   the measured ceiling of this machine for the thin products the model uses;
@@ -112,6 +114,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "performance.json"))
     parser.add_argument("--memory-case", nargs=3, metavar=("SIDE", "KIND", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "scaling", "flops", "batch"])
+    parser.add_argument("--compile", action="store_true", help="also time the scaling with compile=True")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_case:
@@ -137,15 +140,26 @@ def main() -> None:
         atoms.calc = calc
         atoms.get_forces(), atoms.get_stress()
 
-    if "scaling" not in args.skip:
+    variants = {"scaling": calc}
+    if args.compile:
+        variants["scaling_compiled"] = CrossFunctionalCalculator(compile=True)
+    for key, scaling_calc in variants.items():
+        if "scaling" in args.skip:
+            break
+
+        def efs_with(atoms, scaling_calc=scaling_calc) -> None:
+            scaling_calc.reset()
+            atoms.calc = scaling_calc
+            atoms.get_forces(), atoms.get_stress()
+
         scaling = []
         for n in (512, 1728, 4096, 8000):
             atoms = supercell("Si", n)
-            t = timed(lambda: efs(atoms), repeats=3 if n < 4000 else 1)
+            t = timed(lambda: efs_with(atoms), repeats=3 if n < 4000 else 1)
             scaling.append({"n_atoms": len(atoms), "seconds": t, "ms_per_atom": 1e3 * t / len(atoms)})
-            print(f"scaling Si{len(atoms)}: {t:.3f} s, {1e3 * t / len(atoms):.4f} ms/atom", flush=True)
+            print(f"{key} Si{len(atoms)}: {t:.3f} s, {1e3 * t / len(atoms):.4f} ms/atom", flush=True)
         per_atom = [r["ms_per_atom"] for r in scaling]
-        result["scaling"] = {"rows": scaling, "max_over_min_time_per_atom": max(per_atom) / min(per_atom)}
+        result[key] = {"rows": scaling, "max_over_min_time_per_atom": max(per_atom) / min(per_atom)}
 
     if "flops" not in args.skip:
         from torch.utils.flop_counter import FlopCounterMode

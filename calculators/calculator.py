@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -64,9 +65,18 @@ class CompiledRunner:
     edge vectors, embedding, interaction blocks and readout, and autograd
     differentiates it with a compiled backward pass. Fusing the elementwise
     work (layer norms, SiLU gates, gathers) makes energy + forces + stress
-    about 1.2-1.3x faster than the TorchScript runner (``benchmarks/speed.py
+    about 1.1-1.3x faster than the TorchScript runner (``benchmarks/speed.py
     --compile``); the numbers agree with it to float rounding (float32:
-    about 1e-6 eV/atom, 4e-5 eV/Å).
+    about 1e-6 eV/atom, 6e-5 eV/Å).
+
+    On CPU with more than one thread the call runs with deterministic
+    algorithms switched on (and uninitialised memory left unfilled), restored
+    afterwards: TorchInductor then keeps ATen's scatter-add kernels (the
+    backward pass of every gather) instead of lowering them to atomic adds in
+    parallel loops, which made the compiled model slower than TorchScript on
+    two threads (0.93-0.95x on Si 64, Si 512 and MgO 64; 1.12-1.19x faster
+    with ATen's kernels). On one thread the fused atomic adds are the faster
+    choice and are kept.
 
     The price is a one-time compilation of one to three minutes on a 2-core
     CPU per process (TorchInductor caches its kernels on disk, so later
@@ -133,9 +143,33 @@ class CompiledRunner:
             with torch.jit.optimized_execution(False):
                 return self.script(atomic_numbers, edge_index, edge_shifts, vectors, True)
         vectors.requires_grad_(True)
-        site_energies, magmoms = self._network(atomic_numbers, graph, vectors)
-        (grad,) = torch.autograd.grad(site_energies.sum(), vectors)
+        with _aten_scatter(vectors.device):
+            site_energies, magmoms = self._network(atomic_numbers, graph, vectors)
+            (grad,) = torch.autograd.grad(site_energies.sum(), vectors)
         return site_energies.detach(), magmoms.detach(), grad
+
+
+@contextlib.contextmanager
+def _aten_scatter(device: torch.device) -> Iterator[None]:
+    """On CPU with more than one thread, deterministic algorithms on (warn
+    only, no filling of uninitialised memory) for the duration of the block,
+    so that TorchInductor compiles scatter-adds as ATen calls, not atomic adds
+    (see :class:`CompiledRunner`); the previous settings are restored."""
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+        torch.utils.deterministic.fill_uninitialized_memory = flags[2]
 
 
 def retain_freed_memory() -> bool:
@@ -191,7 +225,7 @@ class CrossFunctionalCalculator(Calculator):
             glibc setting) so that large graphs do not page-fault their
             intermediates in again on every call; False keeps glibc's defaults.
         compile: run the network through ``torch.compile``
-            (:class:`CompiledRunner`): about 1.2-1.3x faster per call, after a
+            (:class:`CompiledRunner`): about 1.1-1.3x faster per call, after a
             one-time compilation of one to three minutes per process; for
             long MD runs, relaxations and screening, not single points.
 

@@ -275,3 +275,6 @@ def test_compiled_runner_matches_upstream(wbm, upstream_models64, our_models):
     assert abs(a["energy"] - b["energy"]) < 1e-6
     np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-4, rtol=0)
     assert torch.is_grad_enabled()
+    # the deterministic-algorithms switch of multi-threaded CPU calls is restored
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.utils.deterministic.fill_uninitialized_memory
