@@ -135,27 +135,19 @@ def main() -> None:
 
     calc = CrossFunctionalCalculator()
 
-    def efs(atoms) -> None:
+    def efs(atoms, calc=calc) -> None:
         calc.reset()
         atoms.calc = calc
         atoms.get_forces(), atoms.get_stress()
 
-    variants = {"scaling": calc}
-    if args.compile:
+    variants = {} if "scaling" in args.skip else {"scaling": calc}
+    if variants and args.compile:
         variants["scaling_compiled"] = CrossFunctionalCalculator(compile=True)
     for key, scaling_calc in variants.items():
-        if "scaling" in args.skip:
-            break
-
-        def efs_with(atoms, scaling_calc=scaling_calc) -> None:
-            scaling_calc.reset()
-            atoms.calc = scaling_calc
-            atoms.get_forces(), atoms.get_stress()
-
         scaling = []
         for n in (512, 1728, 4096, 8000):
             atoms = supercell("Si", n)
-            t = timed(lambda: efs_with(atoms), repeats=3 if n < 4000 else 1)
+            t = timed(lambda: efs(atoms, scaling_calc), repeats=3 if n < 4000 else 1)
             scaling.append({"n_atoms": len(atoms), "seconds": t, "ms_per_atom": 1e3 * t / len(atoms)})
             print(f"{key} Si{len(atoms)}: {t:.3f} s, {1e3 * t / len(atoms):.4f} ms/atom", flush=True)
         per_atom = [r["ms_per_atom"] for r in scaling]

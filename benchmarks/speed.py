@@ -54,6 +54,11 @@ def structures(n_wbm: int) -> dict[str, object]:
     return out
 
 
+def _suffix(variant: str) -> str:
+    """Key suffix of a variant's ratios in the results: none for the default calculator."""
+    return "" if variant == "ours" else f"_{variant}"
+
+
 def median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -113,11 +118,11 @@ def main() -> None:
         row = {"name": name, "n_atoms": len(atoms)}
         row.update({f"{key}_s": float(np.median(t)) for key, t in times.items()})
         for key in variants:
-            row["ratio" if key == "ours" else f"ratio_{key}"] = row["upstream_s"] / row[f"{key}_s"]
+            row[f"ratio{_suffix(key)}"] = row["upstream_s"] / row[f"{key}_s"]
         rows.append(row)
         if not name.startswith("wbm:"):
             text = "  ".join(f"{key} {row[key + '_s']:.4f} s" for key in runs)
-            ratios = "  ".join(f"{row['ratio' if k == 'ours' else 'ratio_' + k]:.2f}" for k in variants)
+            ratios = "  ".join(f"{row['ratio' + _suffix(k)]:.2f}" for k in variants)
             print(f"{name:>8} {len(atoms):5d} atoms  {text}  ratio {ratios}", flush=True)
 
     result = {
@@ -129,7 +134,7 @@ def main() -> None:
         "rows": rows,
     }
     for key in variants:
-        field = "ratio" if key == "ours" else f"ratio_{key}"
+        field = f"ratio{_suffix(key)}"
         wbm = [r[field] for r in rows if r["name"].startswith("wbm:")]
         summary = {r["name"]: r[field] for r in rows if not r["name"].startswith("wbm:")}
         if wbm:
@@ -137,9 +142,8 @@ def main() -> None:
             print(f"{key}: WBM {len(wbm)} structures: median ratio {np.median(wbm):.2f} (min {min(wbm):.2f}, max {max(wbm):.2f})")
         overall = float(np.median(list(summary.values())))
         print(f"{key}: median ratio over {', '.join(summary)}: {overall:.2f}")
-        suffix = "" if key == "ours" else f"_{key}"
-        result[f"summary_ratio{suffix}"] = summary
-        result[f"median_ratio{suffix}"] = overall
+        result[f"summary_ratio{_suffix(key)}"] = summary
+        result[f"median_ratio{_suffix(key)}"] = overall
     with atomic_write(args.output) as fh:
         json.dump(result, fh, indent=1)
     print(f"wrote {args.output}")

@@ -62,7 +62,7 @@ class Graph(NamedTuple):
     angle_bond_j: Tensor  # [A] int64, short-bond index of the second bond
     bond_length: Tensor  # [B] float, Å
     angle: Tensor  # [A] float, radians, angle between the two bonds
-    conv_center: Tensor  # [2B] int64, i of the directed edges in bond order (see below)
+    conv_center: Tensor  # [2B] int64, i of the directed edges in bond order (see above)
     conv_neighbor: Tensor  # [2B] int64, j of the directed edges in bond order
     short_edge_atom: Tensor  # [2S] int64, atom each short directed edge leaves
     angle_edge: Tensor  # [A] int64, short directed edge of each angle's first bond
@@ -203,6 +203,12 @@ class AtomConv(nn.Module):
         return torch.addmm(atom_feas, summed, self.out.weight.t())
 
 
+def _vertex_block(mlp: GatedMLP, atom_feas: Tensor, g: Graph) -> Tensor:
+    """The ``v_i`` block (with the bias) of an angle MLP, one product per atom
+    gathered onto the short directed edges: atom_feas [N, F] -> [2S, 2H]."""
+    return torch.index_select(F.linear(atom_feas, mlp.weight_in[3], mlp.bias_in), 0, g.short_edge_atom)
+
+
 def _angle_mlp(
     mlp: GatedMLP, p_atom: Tensor, short_feas: Tensor, angle_feas: Tensor, g: Graph, p_ik: Tensor
 ) -> Tensor:
@@ -243,8 +249,7 @@ class BondConv(nn.Module):
     ) -> Tensor:
         """atom_feas [N, F], bond_feas [B, F], short_weights [S, F], angle_feas
         [A, F] -> updated bond_feas [B, F] (only short bonds change)."""
-        p_atom = torch.index_select(F.linear(atom_feas, self.mlp.weight_in[3], self.mlp.bias_in), 0, g.short_edge_atom)
-        return self.update(p_atom, bond_feas, short_weights, angle_feas, g)
+        return self.update(_vertex_block(self.mlp, atom_feas, g), bond_feas, short_weights, angle_feas, g)
 
     @torch.jit.export
     def update(self, p_atom: Tensor, bond_feas: Tensor, short_weights: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
@@ -267,8 +272,7 @@ class AngleUpdate(nn.Module):
 
     def forward(self, atom_feas: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
         """atom_feas [N, F], bond_feas [B, F], angle_feas [A, F] -> [A, F]."""
-        p_atom = torch.index_select(F.linear(atom_feas, self.mlp.weight_in[3], self.mlp.bias_in), 0, g.short_edge_atom)
-        return self.update(p_atom, bond_feas, angle_feas, g)
+        return self.update(_vertex_block(self.mlp, atom_feas, g), bond_feas, angle_feas, g)
 
     @torch.jit.export
     def update(self, p_atom: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
@@ -324,7 +328,7 @@ class InteractionBlock(nn.Module):
         bond_mlp = self.bond_conv.mlp
         angle_mlp = self.angle_update.mlp
         if not self.update_angles:
-            p_atom = torch.index_select(F.linear(atom_feas, bond_mlp.weight_in[3], bond_mlp.bias_in), 0, g.short_edge_atom)
+            p_atom = _vertex_block(bond_mlp, atom_feas, g)
             return self.bond_conv.update(p_atom, bond_feas, short_weights_bg, angle_feas, g), angle_feas
         # the v_i blocks of both MLPs as one product, gathered onto the short directed edges once
         weight = torch.cat([bond_mlp.weight_in[3], angle_mlp.weight_in[3]])
