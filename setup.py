@@ -34,7 +34,7 @@ setup(
         # also works from a regular (non-editable) install
         "crossfunctional.lammps_plugin": "lammps_plugin",
     },
-    package_data={"crossfunctional.data": ["*.csv"], "crossfunctional.lammps_plugin": ["*.cpp", "*.h", "CMakeLists.txt", "README.md"]},
+    package_data={"crossfunctional.data": ["*.csv", "*.json.gz", "*.txt", "README.md"], "crossfunctional.lammps_plugin": ["*.cpp", "*.h", "CMakeLists.txt", "README.md"]},
     install_requires=[
         "torch>=2.1",
         "chgnet>=0.4.2",
