@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ase import Atoms
 
+from crossfunctional.errors import CrossFunctionalError
+
 
 def _umask_mode() -> int:
     """File mode a plain ``open(path, "w")`` would give (0o666 minus the umask)."""
@@ -18,7 +20,7 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-class InputFileError(ValueError):
+class InputFileError(CrossFunctionalError, ValueError):
     """A structure file that is missing, unreadable or empty."""
 
 

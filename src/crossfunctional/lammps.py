@@ -48,6 +48,8 @@ from importlib import metadata
 from importlib.util import find_spec
 from pathlib import Path
 
+from crossfunctional.errors import CrossFunctionalError
+
 __all__ = [
     "PLUGIN_NAME",
     "LammpsPluginError",
@@ -68,7 +70,7 @@ SOURCES = ("pair_chgnet.cpp", "chgnet_model.cpp", "chgnet_plugin.cpp")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-class LammpsPluginError(RuntimeError):
+class LammpsPluginError(CrossFunctionalError, RuntimeError):
     """The plugin cannot be built or found; the message says what is missing."""
 
 

@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from crossfunctional.errors import CrossFunctionalError
 from crossfunctional.models.chgnet import MAX_Z
 
 MIN_DISTANCE = 0.5  # Å; closer pairs are rejected as unphysical input
 
 
-class StructureError(ValueError):
+class StructureError(CrossFunctionalError, ValueError):
     """A structure the model cannot be evaluated on; the message names the problem."""
 
 

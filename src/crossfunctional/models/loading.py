@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from crossfunctional.errors import CrossFunctionalError
 from crossfunctional.io import atomic_path
 from crossfunctional.models.chgnet import MAX_Z, CHGNet
 
@@ -56,7 +57,7 @@ ELEMENTS = [
 assert len(ELEMENTS) == MAX_Z
 
 
-class ModelError(ValueError):
+class ModelError(CrossFunctionalError, ValueError):
     """A model name, checkpoint or exported file that cannot be used."""
 
 

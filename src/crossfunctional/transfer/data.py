@@ -36,6 +36,7 @@ import numpy as np
 from ase import Atoms, units
 from pymatgen.core import Lattice, Structure
 
+from crossfunctional.errors import CrossFunctionalError
 from crossfunctional.io import InputFileError, atomic_path
 from crossfunctional.models.chgnet import MAX_Z
 
@@ -67,7 +68,7 @@ _ORDERS = {
 }
 
 
-class TransferDataError(ValueError):
+class TransferDataError(CrossFunctionalError, ValueError):
     """Labelled data that cannot be used: missing or inconsistent labels,
     unknown elements, empty splits. The message names the structures."""
 

@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ase import Atoms
 
+from crossfunctional.errors import CrossFunctionalError
 from crossfunctional.io import atomic_path, atomic_write
 from crossfunctional.models import DEFAULT_MODEL
 
@@ -109,7 +110,7 @@ _NA = 6.02214076e23
 _R = _KB_J * _NA  # J/K/mol
 
 
-class PhononError(ValueError):
+class PhononError(CrossFunctionalError, ValueError):
     """Input a phonon calculation cannot use: not a periodic crystal, a
     supercell beyond the size or memory limit, a structure that does not
     relax, an unreadable BORN file, a missing optional dependency."""
