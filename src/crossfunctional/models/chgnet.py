@@ -195,7 +195,7 @@ class AtomConv(nn.Module):
         n_bonds, width = bond_feas.shape[0], w.shape[1]
         p_i, p_j = F.linear(atom_feas, torch.cat([w[0], w[2]])).split(width, dim=1)
         p_ij = F.linear(bond_feas, w[1], self.mlp.bias_in)
-        pre = torch.index_select(p_i, 0, g.conv_center).add_(torch.index_select(p_j, 0, g.conv_neighbor))
+        pre = p_i.index_select(0, g.conv_center).add_(p_j.index_select(0, g.conv_neighbor))
         pre = (pre.view(2, n_bonds, width) + p_ij).view(2 * n_bonds, width)
         dim = bond_weights.shape[1]
         messages = (self.mlp(pre).view(2, n_bonds, dim) * bond_weights).view(2 * n_bonds, dim)
@@ -206,7 +206,7 @@ class AtomConv(nn.Module):
 def _vertex_block(mlp: GatedMLP, atom_feas: Tensor, g: Graph) -> Tensor:
     """The ``v_i`` block (with the bias) of an angle MLP, one product per atom
     gathered onto the short directed edges: atom_feas [N, F] -> [2S, 2H]."""
-    return torch.index_select(F.linear(atom_feas, mlp.weight_in[3], mlp.bias_in), 0, g.short_edge_atom)
+    return F.linear(atom_feas, mlp.weight_in[3], mlp.bias_in).index_select(0, g.short_edge_atom)
 
 
 def _angle_mlp(
@@ -230,7 +230,7 @@ def _angle_mlp(
     n_short = short_feas.shape[0]
     p_ij = F.linear(short_feas, mlp.weight_in[0])
     per_edge = (p_atom.view(2, n_short, p_ij.shape[1]) + p_ij).view(2 * n_short, p_ij.shape[1])
-    gathered = torch.index_select(per_edge, 0, g.angle_edge).add_(p_ik)
+    gathered = per_edge.index_select(0, g.angle_edge).add_(p_ik)
     return mlp.forward_onto(gathered, 2, angle_feas)
 
 
@@ -255,10 +255,10 @@ class BondConv(nn.Module):
     def update(self, p_atom: Tensor, bond_feas: Tensor, short_weights: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
         """``forward`` from the ``v_i`` block p_atom [2S, 2H] (see
         :func:`_angle_mlp`)."""
-        short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
-        p_ik = torch.index_select(F.linear(short_feas, self.mlp.weight_in[1]), 0, g.angle_bond_j)
+        short_feas = bond_feas.index_select(0, g.short_bonds)
+        p_ik = F.linear(short_feas, self.mlp.weight_in[1]).index_select(0, g.angle_bond_j)
         update = _angle_mlp(self.mlp, p_atom, short_feas, angle_feas, g, p_ik)
-        update = update * torch.index_select(short_weights, 0, g.angle_bond_j)
+        update = update * short_weights.index_select(0, g.angle_bond_j)
         summed = torch.zeros_like(short_feas).index_add_(0, g.angle_bond_i, update) * short_weights
         return bond_feas.index_add(0, g.short_bonds, self.out(summed))
 
@@ -277,8 +277,8 @@ class AngleUpdate(nn.Module):
     @torch.jit.export
     def update(self, p_atom: Tensor, bond_feas: Tensor, angle_feas: Tensor, g: Graph) -> Tensor:
         """``forward`` from the ``v_i`` block p_atom [2S, 2H] (see :func:`_angle_mlp`)."""
-        short_feas = torch.index_select(bond_feas, 0, g.short_bonds)
-        p_ik = torch.index_select(F.linear(short_feas, self.mlp.weight_in[1]), 0, g.angle_bond_j)
+        short_feas = bond_feas.index_select(0, g.short_bonds)
+        p_ik = F.linear(short_feas, self.mlp.weight_in[1]).index_select(0, g.angle_bond_j)
         return angle_feas + _angle_mlp(self.mlp, p_atom, short_feas, angle_feas, g, p_ik)
 
 
@@ -333,7 +333,7 @@ class InteractionBlock(nn.Module):
         # the v_i blocks of both MLPs as one product, gathered onto the short directed edges once
         weight = torch.cat([bond_mlp.weight_in[3], angle_mlp.weight_in[3]])
         bias = torch.cat([bond_mlp.bias_in, angle_mlp.bias_in])
-        p_atom = torch.index_select(F.linear(atom_feas, weight, bias), 0, g.short_edge_atom)
+        p_atom = F.linear(atom_feas, weight, bias).index_select(0, g.short_edge_atom)
         p_bond_atom, p_angle_atom = p_atom.split(bond_mlp.weight_in.shape[1], dim=1)
         bond_feas = self.bond_conv.update(p_bond_atom, bond_feas, short_weights_bg, angle_feas, g)
         return bond_feas, self.angle_update.update(p_angle_atom, bond_feas, angle_feas, g)
