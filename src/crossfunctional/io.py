@@ -43,7 +43,62 @@ def read_structures(path: str | os.PathLike, index: str | int = ":") -> list[Ato
     frames = frames if isinstance(frames, list) else [frames]
     if not frames:
         raise InputFileError(f"{path} contains no structure")
+    for k, atoms in enumerate(frames):
+        _refuse_partial_occupancy(atoms, path if len(frames) == 1 else f"{path} frame {k}")
+    if _is_poscar(path):
+        _check_poscar_counts(path)
     return frames
+
+
+def _refuse_partial_occupancy(atoms: Atoms, where: str | os.PathLike) -> None:
+    """ASE's CIF reader keeps one species of a disordered site (and records the
+    occupancies in ``atoms.info["occupancy"]``); a model of ordered crystals
+    must not silently evaluate that guess."""
+    for site, species in (atoms.info.get("occupancy") or {}).items():
+        occupancy = {str(el): float(x) for el, x in species.items()}
+        if len(occupancy) > 1 or any(abs(x - 1.0) > 1e-6 for x in occupancy.values()):
+            shown = ", ".join(f"{el} {x:g}" for el, x in occupancy.items())
+            raise InputFileError(
+                f"{where}: site {site} is partially occupied ({shown}); the model needs an ordered structure: "
+                "order it first (pymatgen's OrderDisorderedStructureTransformation or a special quasirandom structure)"
+            )
+
+
+def _is_poscar(path: Path) -> bool:
+    name = path.name.upper()
+    return name.startswith(("POSCAR", "CONTCAR")) or path.suffix.lower() in (".vasp", ".poscar")
+
+
+def _check_poscar_counts(path: Path) -> None:
+    """The species counts of a POSCAR must match its coordinate lines (ASE reads
+    only as many lines as the counts say and ignores the rest)."""
+    lines = path.read_text(errors="replace").splitlines()
+    try:
+        k = 5
+        if not lines[k].split()[0].lstrip("+-").isdigit():  # VASP 5: a line of element symbols first
+            k += 1
+        counts = [int(x) for x in lines[k].split()]
+        k += 1
+        if lines[k].strip()[:1].lower() == "s":  # Selective dynamics
+            k += 1
+        k += 1  # Direct / Cartesian
+    except (IndexError, ValueError):
+        return  # ASE read it; a layout this check does not know is left to ASE
+    coordinates = 0
+    for line in lines[k:]:
+        fields = line.split()
+        if len(fields) < 3:
+            break
+        try:
+            [float(x) for x in fields[:3]]
+        except ValueError:
+            break
+        coordinates += 1
+    if coordinates != sum(counts):
+        raise InputFileError(
+            f"{path}: the species counts ({' '.join(map(str, counts))}, {sum(counts)} atoms) do not match "
+            f"the {coordinates} coordinate lines"
+        )
 
 
 @contextlib.contextmanager
