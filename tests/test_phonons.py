@@ -354,6 +354,30 @@ def test_cli_phonons(tmp_path, capsys):
     assert "no cell" in capsys.readouterr().err
 
 
+def test_cli_register_on_a_bare_parser():
+    """crossfunctional.cli.phonons.register adds the command to any argparse
+    sub-parser set, with the workflow's defaults."""
+    import argparse
+    import inspect
+
+    from crossfunctional.cli.phonons import cmd_phonons, register
+
+    parser = argparse.ArgumentParser(prog="test")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["phonons", "Si.cif", "--supercell", "2", "2", "1", "--born", "BORN", "--no-relax"])
+    assert args.func is cmd_phonons and args.structure == "Si.cif" and args.output == "phonons"
+    assert args.supercell == [2, 2, 1] and args.born == "BORN" and args.no_relax
+    defaults = {k: v.default for k, v in inspect.signature(phonons).parameters.items()}
+    for option, name in (
+        ("supercell_min_length", "supercell_min_length"), ("displacement", "displacement"), ("fmax", "fmax"),
+        ("relax_steps", "relax_steps"), ("mesh_length", "mesh_length"), ("band_points", "band_npoints"),
+        ("tmax", "t_max"), ("tstep", "t_step"), ("imaginary_threshold", "imaginary_threshold"),
+        ("max_atoms", "max_atoms"), ("max_memory_gb", "max_memory_gb"), ("symprec", "symprec"),
+        ("model", "model"), ("device", "device"),
+    ):
+        assert getattr(args, option) == defaults[name], option
+
+
 def test_missing_optional_dependency_is_a_clear_error(calc, monkeypatch):
     import sys
 
