@@ -39,6 +39,13 @@ energy surface for Si is strongly anharmonic on the 0.001–0.03 Å scale (see
 ``benchmarks/results/phonons/README.md``), so compare runs at the same
 ``displacement``.
 
+Size and memory: a supercell over ``max_atoms`` is refused; so is one whose
+evaluation would not fit in memory (``max_memory_gb``, by default the memory
+available), by :func:`memory_estimate` (force constants plus the model
+evaluation). A calculator with a ``predict_batch(frames)`` method gets up to
+``batch_size`` displaced supercells per call, fewer when the estimate for the
+batch exceeds the limit; other calculators get one at a time.
+
 phonopy and seekpath are an optional extra: ``pip install "crossfunctional[phonons]"``.
 They are imported only when a phonon calculation runs, so this package (and the
 command line) loads without them.
@@ -74,13 +81,16 @@ from crossfunctional.workflows.phonons.results import (
     plot_dos,
 )
 from crossfunctional.workflows.phonons.workflow import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_IMAGINARY_THRESHOLD,
     DEFAULT_MAX_ATOMS,
     evaluate_forces,
+    memory_estimate,
     phonons,
 )
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
     "DEFAULT_IMAGINARY_THRESHOLD",
     "DEFAULT_MAX_ATOMS",
     "DEFAULT_MIN_LENGTH",
@@ -89,6 +99,7 @@ __all__ = [
     "PhononResult",
     "PhononSummary",
     "evaluate_forces",
+    "memory_estimate",
     "mesh_for_length",
     "perpendicular_widths",
     "phonons",

@@ -3,6 +3,12 @@ displacements with phonopy, force evaluation, force constants, band structure,
 mesh, DOS, thermal properties, imaginary-mode check, non-analytical
 correction), :func:`evaluate_forces`, and the size and memory guard.
 
+The memory guard (:func:`memory_estimate`) counts phonopy's force constants
+and the model evaluation of the displaced supercells that are evaluated
+together: a calculator with ``predict_batch`` gets up to ``batch_size`` of them
+per call, and the batch is made smaller when the limit (``max_memory_gb``, by
+default the memory available) would otherwise be exceeded.
+
 Sources:
     A. Togo, L. Chaput, T. Tadano, I. Tanaka, J. Phys.: Condens. Matter 35,
     353001 (2023); A. Togo, J. Phys. Soc. Jpn. 92, 012001 (2023) (phonopy).
@@ -11,10 +17,11 @@ Sources:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +49,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from crossfunctional.workflows.relax import RelaxResult
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
     "DEFAULT_IMAGINARY_THRESHOLD",
     "DEFAULT_MAX_ATOMS",
     "evaluate_forces",
+    "memory_estimate",
     "phonons",
 ]
 
@@ -54,6 +63,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_ATOMS = 2000
 #: Frequencies below this (THz) count as imaginary (negative = imaginary, phonopy's sign).
 DEFAULT_IMAGINARY_THRESHOLD = -0.05
+#: Displaced supercells per ``predict_batch`` call, unless the memory limit asks for fewer.
+DEFAULT_BATCH_SIZE = 8
 #: Peak memory of one float64 CHGNet force evaluation per directed edge, bytes
 #: (measured ~50 kB/edge on Si supercells of 64-512 atoms; rounded up).
 _BYTES_PER_EDGE = 60_000
@@ -70,34 +81,48 @@ def _require_phonopy() -> None:
         ) from None
 
 
-def evaluate_forces(calculator, supercells: Sequence[Atoms], progress: bool = True, batch_size: int = 8) -> np.ndarray:
+def evaluate_forces(
+    calculator, supercells: Sequence[Atoms], progress: bool = True, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
     """Forces on each supercell with ``calculator``.
 
-    This is the single place where displaced supercells are evaluated. With a
-    :class:`~crossfunctional.calculators.CrossFunctionalCalculator` the
-    supercells go through :func:`~crossfunctional.calculators.predict_batch`,
-    ``batch_size`` at a time as one batched graph; any other ASE calculator is
-    called one supercell at a time.
+    This is the single place where displaced supercells are evaluated. A
+    calculator with a method ``predict_batch(frames)`` that returns one dict
+    per frame with ``"forces"`` ([N, 3] eV/Å) gets the supercells
+    ``batch_size`` at a time (for a graph network, typically as one batched
+    graph); any other ASE calculator is called one supercell at a time
+    (``atoms.calc = calculator; atoms.get_forces()``).
 
     Args:
         calculator: an ASE calculator (for phonons, float64).
         supercells: S structures of N atoms each.
         progress: show a tqdm progress bar on stderr.
-        batch_size: supercells per batched graph.
+        batch_size: supercells per ``predict_batch`` call (>= 1).
 
     Returns:
         [S, N, 3] float64 forces, eV/Å.
+
+    Raises:
+        PhononError: ``batch_size`` < 1; ``predict_batch`` returned a number of
+            results different from the number of frames it was given.
     """
     from tqdm.auto import tqdm
 
-    from crossfunctional.calculators import CrossFunctionalCalculator, predict_batch
-
+    if batch_size < 1:
+        raise PhononError(f"batch_size must be a positive number of supercells, got {batch_size!r}")
+    predict_batch = getattr(calculator, "predict_batch", None)
     out = []
     with tqdm(total=len(supercells), desc="displaced supercells", unit="cell", disable=not progress, leave=False) as bar:
-        if isinstance(calculator, CrossFunctionalCalculator):
+        if callable(predict_batch):
             for start in range(0, len(supercells), batch_size):
                 chunk = list(supercells[start : start + batch_size])
-                out.extend(np.array(r["forces"], dtype=np.float64) for r in predict_batch(chunk, calculator))
+                results = predict_batch(chunk)
+                if len(results) != len(chunk):
+                    raise PhononError(
+                        f"{type(calculator).__name__}.predict_batch returned {len(results)} results "
+                        f"for {len(chunk)} frames"
+                    )
+                out.extend(np.array(r["forces"], dtype=np.float64) for r in results)
                 bar.update(len(chunk))
         else:
             for sc in supercells:
@@ -141,18 +166,55 @@ def _available_memory_bytes() -> float | None:
         return None
 
 
-def _estimate_memory(unit: Atoms, n_cells: int, calculator) -> float:
-    """Peak bytes: full force constants (plus a working copy) and, for a
-    crossfunctional calculator, one float64 model evaluation of the supercell."""
+def memory_estimate(unit: Atoms, n_cells: int, cutoff: float | None, batch: int = 1) -> float:
+    """Estimated peak memory of a phonon calculation, bytes.
+
+    Two parts. phonopy's full force constants, [N_s, N_s, 3, 3] float64 for
+    the N_s = ``n_cells · len(unit)`` atoms of the supercell, counted twice (a
+    working copy): ``2 · 9 · 8 · N_s²``. And, for a model with a neighbour
+    cutoff, the float64 force evaluation of ``batch`` displaced supercells
+    together: ``batch · N_s · E · 60 kB``, with E the directed edges per atom
+    of the unit cell within ``cutoff`` and 60 kB per edge (measured about
+    50 kB per edge for CHGNet on Si supercells of 64-512 atoms; rounded up).
+    A batched graph of B supercells has B times the edges of one, hence the
+    factor; a calculator that splits a batch into smaller graphs needs less,
+    so this is an upper bound.
+
+    Args:
+        unit: the unit cell (N atoms, periodic).
+        n_cells: unit cells in the supercell, ``det`` of the supercell matrix.
+        cutoff: Å, the model's neighbour cutoff (``calculator.cutoff``), or
+            None for a calculator whose memory is not modelled (only the force
+            constants count then).
+        batch: displaced supercells evaluated together (0 counts the force
+            constants alone).
+
+    Returns:
+        Bytes.
+    """
     n_super = n_cells * len(unit)
     fc = 2.0 * n_super**2 * 9 * 8
-    cutoff = getattr(calculator, "cutoff", None)
-    if cutoff is None:
+    if cutoff is None or batch == 0:
         return fc
     from crossfunctional.neighbors import neighbor_list
 
     edges_per_atom = neighbor_list(unit, float(cutoff)).edge_index.shape[1] / len(unit)
-    return fc + n_super * edges_per_atom * _BYTES_PER_EDGE
+    return fc + batch * n_super * edges_per_atom * _BYTES_PER_EDGE
+
+
+def _batch_for_memory(unit: Atoms, n_cells: int, cutoff: float | None, largest: int, limit: float | None) -> int:
+    """The most displaced supercells, at most ``largest``, whose evaluation
+    together fits in ``limit`` bytes by :func:`memory_estimate` (``largest``
+    when the limit is unknown); 0 when not even one fits."""
+    if limit is None:
+        return largest
+    fixed = memory_estimate(unit, n_cells, cutoff, batch=0)
+    per_supercell = memory_estimate(unit, n_cells, cutoff, batch=1) - fixed
+    if fixed + per_supercell > limit:
+        return 0
+    if per_supercell <= 0:
+        return largest
+    return int(min(largest, (limit - fixed) // per_supercell))
 
 
 def _relaxed(
@@ -236,7 +298,7 @@ def phonons(
     born: str | os.PathLike | dict | None = None,
     progress: bool = True,
     logfile: Any = None,
-    force_evaluator: Callable[[Any, Sequence[Atoms], bool], np.ndarray] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> PhononResult:
     """Harmonic phonons of a crystal by finite displacements with phonopy.
 
@@ -287,8 +349,10 @@ def phonons(
             (``born`` [N_prim, 3, 3] e, ``dielectric`` [3, 3], ``factor``).
         progress: progress bar over the displaced supercells.
         logfile: the optimizer's log (None silent, "-" stdout).
-        force_evaluator: replaces :func:`evaluate_forces` (same signature), e.g.
-            a batched evaluation.
+        batch_size: the most displaced supercells evaluated together by a
+            calculator with a ``predict_batch`` method (:func:`evaluate_forces`);
+            fewer when :func:`memory_estimate` for the batch would exceed the
+            memory limit. Other calculators take one supercell at a time.
 
     Returns:
         :class:`PhononResult`.
@@ -297,7 +361,8 @@ def phonons(
         TypeError: ``atoms`` is not an ase.Atoms.
         PhononError: not periodic in 3 directions or no cell (a molecule); the
             structure does not relax within ``relax_steps``; a supercell over
-            ``max_atoms`` or over the memory limit; a bad ``supercell_matrix``;
+            ``max_atoms`` or whose evaluation does not fit in the memory limit;
+            a bad ``supercell_matrix``; ``batch_size`` < 1;
             an unreadable BORN file; phonopy or seekpath not installed.
         crossfunctional.models.ModelError, crossfunctional.neighbors.StructureError:
             as the calculator raises them.
@@ -306,6 +371,8 @@ def phonons(
     _require_phonopy()
     if not displacement > 0:
         raise PhononError(f"displacement must be a positive length in Å, got {displacement!r}")
+    if not batch_size >= 1:
+        raise PhononError(f"batch_size must be a positive number of supercells, got {batch_size!r}")
     from phonopy import Phonopy
     from phonopy.structure.cells import guess_primitive_matrix
 
@@ -361,13 +428,24 @@ def phonons(
             f"(now {supercell_min_length:g} Å), start from the primitive cell, give supercell_matrix, "
             "or raise max_atoms"
         )
-    need = _estimate_memory(unit, n_cells, calculator)
+    cutoff = getattr(calculator, "cutoff", None)
+    cutoff = None if cutoff is None else float(cutoff)
+    largest = batch_size if callable(getattr(calculator, "predict_batch", None)) else 1
     limit = max_memory_gb * 1e9 if max_memory_gb is not None else _available_memory_bytes()
-    if limit is not None and need > limit:
+    batch = _batch_for_memory(unit, n_cells, cutoff, largest, limit)
+    if batch == 0:
+        need = memory_estimate(unit, n_cells, cutoff, batch=1)
         raise PhononError(
-            f"the {n_super}-atom supercell needs about {need / 1e9:.1f} GB of memory, more than the "
-            f"{limit / 1e9:.1f} GB {'allowed (max_memory_gb)' if max_memory_gb is not None else 'available'}: "
+            f"the {n_super}-atom supercell needs about {need / 1e9:.3g} GB of memory, more than the "
+            f"{limit / 1e9:.3g} GB {'allowed (max_memory_gb)' if max_memory_gb is not None else 'available'}: "
             "use a smaller supercell"
+        )
+    if batch < largest:
+        log.info(
+            "%d displaced supercells at a time instead of %d, to stay within %.3g GB of memory",
+            batch,
+            largest,
+            limit / 1e9,
         )
     if isinstance(primitive_matrix, str) and primitive_matrix == "auto":
         pmat = guess_primitive_matrix(unit_ph, symprec=symprec)
@@ -378,8 +456,7 @@ def phonons(
     supercells = [_to_ase_atoms(sc) for sc in ph.supercells_with_displacements]
 
     # (3) forces
-    evaluator = force_evaluator or evaluate_forces
-    forces = np.asarray(evaluator(calculator, supercells, progress), dtype=np.float64)
+    forces = evaluate_forces(calculator, supercells, progress=progress, batch_size=batch)
     drift = float(np.linalg.norm(forces.mean(axis=1), axis=1).max()) if len(forces) else 0.0
 
     # (4) force constants, NAC, band structure, mesh, DOS, thermal properties
@@ -415,8 +492,6 @@ def phonons(
     temps = np.arange(t_min, t_max + 0.5 * t_step, t_step)
     # the three zero-frequency acoustic modes at Γ have zero weight in the
     # Brillouin-zone integral; leave them out where phonopy offers the option
-    import inspect
-
     exclude = "exclude_gamma_acoustic" in inspect.signature(ph.run_thermal_properties).parameters
     ph.run_thermal_properties(temperatures=temps, **({"exclude_gamma_acoustic": True} if exclude else {}))
     tp = ph.thermal_properties
