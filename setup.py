@@ -22,6 +22,7 @@ setup(
         "crossfunctional",
         "crossfunctional.models",
         "crossfunctional.workflows",
+        "crossfunctional.workflows.phonons",
         "crossfunctional.transfer",
         "crossfunctional.data",
         "crossfunctional.calculators",

@@ -25,6 +25,9 @@ from crossfunctional.models import DEFAULT_MODEL
 
 DEFAULT_BENCHMARK_MODELS = ("chgnet-r2scan", "chgnet-0.3.0")
 
+# the commands' own modules live in the folder cli/ next to this file (crossfunctional.cli.phonons)
+__path__ = [str(Path(__file__).with_name("cli"))]
+
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or file (default {DEFAULT_MODEL})")
@@ -207,10 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lammps_commands(sub)
 
-    # phonons with phonopy (issue 4); phonopy itself is imported only when the command runs
-    from crossfunctional.workflows.phonons import add_phonons_command
+    # phonons with phonopy (crossfunctional/cli/phonons.py); phonopy itself is imported only when the command runs
+    from crossfunctional.cli.phonons import register as register_phonons
 
-    add_phonons_command(sub)
+    register_phonons(sub)
     return parser
 
 
