@@ -20,6 +20,7 @@ setup(
     python_requires=">=3.10",
     packages=[
         "crossfunctional",
+        "crossfunctional.cli",
         "crossfunctional.models",
         "crossfunctional.workflows",
         "crossfunctional.workflows.phonons",

@@ -259,6 +259,31 @@ def model_metadata(model: torch.nn.Module) -> dict[str, Any]:
     return json.loads(model.metadata_json)
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device the models run on: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises:
+        ModelError: any other name (``"gpu"``, ``"mps"``, ``"meta"``, a typo),
+            a CUDA device on a machine without CUDA, or a CUDA index that does
+            not exist; the message names the valid choices.
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        text = str(device).strip().lower()
+        if text != "cpu" and not (text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit())):
+            raise ModelError(f"device {str(device)!r} is not supported; choose cpu, cuda or cuda:N")
+        dev = torch.device(text)
+    if dev.type not in ("cpu", "cuda"):
+        raise ModelError(f"device {str(dev)!r} is not supported; choose cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {str(dev)!r} requested but CUDA is not available on this machine; use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelError(f"device {str(dev)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     device: str | torch.device = "cpu",
@@ -280,9 +305,7 @@ def load_model(
             checkpoint without ``task``, an unknown task, or ``task`` for a
             single-task model.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {str(device)!r} requested but CUDA is not available on this machine")
+    device = resolve_device(device)
     key = str(name_or_path)
     if key in MODELS:
         if task is not None:

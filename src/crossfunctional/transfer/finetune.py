@@ -35,6 +35,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import sys
@@ -51,6 +52,8 @@ from crossfunctional.io import atomic_path, atomic_write
 from crossfunctional.models import ModelError
 from crossfunctional.transfer.atomref import AtomRefFit, fit_atomref, get_atomref
 from crossfunctional.transfer.data import LabelledStructure, TransferDataError, check_records
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "METHODS",
@@ -534,7 +537,7 @@ def finetune(
             trainer.training_history = state["training_history"]
             start = len(trainer.training_history["e"]["train"])
             history = [row for row in history if row["epoch"] <= start]
-            print(f"resuming {out} after epoch {start} of {config.epochs}", file=sys.stderr)
+            logger.info("resuming %s after epoch %d of %d", out, start, config.epochs)
         settings.update(status="running", unseen_val_test_elements=unseen, method_description=method.description)
         with atomic_write(run_file) as fh:
             json.dump(settings, fh, indent=1)
