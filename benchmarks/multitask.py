@@ -2,7 +2,7 @@
 GGA + r2SCAN multi-task model against single-task fine-tunes on the same
 r2SCAN structures, and the sweep that chose the selective-L2 default.
 
-Data: the WBM structures of ``../shared/data`` with at most 8 atoms (611 of
+Data: the shipped WBM structures (``crossfunctional.data``) with at most 8 atoms (611 of
 972; the size cap keeps the run inside the time budget), split once with a
 seed:
 
@@ -65,8 +65,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from crossfunctional.data import data_path
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "wbm_random_pbe_equilibrium.json.gz"
+DATA = data_path("wbm_random_pbe_equilibrium.json.gz")
 RESULTS = REPO / "benchmarks" / "results" / "multitask"
 QUANTITIES = (("energy_mae_meV_per_atom", "energy (meV/atom)"), ("force_mae_meV_per_A", "forces (meV/Å)"),
               ("stress_mae_GPa", "stress (GPa)"), ("magmom_mae_muB", "magmoms (μB)"))

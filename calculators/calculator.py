@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def forces_and_virial(
     edge_index: torch.Tensor, edge_vectors: torch.Tensor, grad: torch.Tensor, num_nodes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forces and virial from g = dE/d(edge_vectors) (``DESIGN.md``).
+    """Forces and virial from g = dE/d(edge_vectors) (``docs/design.md``).
 
     Args:
         edge_index: [2, E] int64, edges i -> j.

@@ -23,7 +23,7 @@
    (pack/unpack_reverse_comm). Ghost-ghost edges are kept only below the
    short-bond cutoff: ghost atoms need correct bonds and angles (recomputed
    redundantly in the halo), their own atom convolutions are overwritten at
-   the next exchange. See MPI_DESIGN.md and README.md.
+   the next exchange. See docs/design.md (section 2) and README.md.
 
    Forces F_i = sum_j g_ij - sum_j g_ji and virial W = -sum r_ij (x) g_ij
    over this rank's edges, with g = dE/d(edge vectors); LAMMPS sums W over
@@ -70,7 +70,7 @@ static const char cite_chgnet[] =
 static const double MIN_DISTANCE = 0.5;    // Angstrom, as the ASE calculator
 
 // F_i += g_ij and F_j -= g_ij for every edge i -> j, g = dE/d(edge vector)
-// [3 * E] (DESIGN.md); i and j are LAMMPS atom indices (owners or ghosts)
+// [3 * E] (docs/design.md); i and j are LAMMPS atom indices (owners or ghosts)
 static void add_edge_forces(double **f, const std::vector<int> &edge_i, const std::vector<int> &edge_j,
                             const std::vector<double> &g)
 {

@@ -8,7 +8,7 @@
    serial (default on one MPI rank): ghost atoms are folded onto their
    owners by atom ID, so the graph nodes are the local atoms and every edge
    carries the integer image shift of its neighbour, exactly the model
-   contract of DESIGN.md.
+   contract of docs/design.md.
 
    exchange (default on more ranks): the graph is unfolded (nodes = local +
    ghost atoms, shifts zero); the model runs segment by segment and the

