@@ -452,8 +452,8 @@ class DensityBenchmark:
 
         summary = self.summary
         pbe = np.array([s.pbe_rel_error_percent for s in ordered])
-        ax.scatter(x, pbe, marker="x", s=20, color="0.45", zorder=2,
-                   label=f"PBE (MARE {summary[PBE]['mare_percent']:.2f} %, MRE {summary[PBE]['mre_percent']:+.2f} %)")  # fmt: skip
+        label = f"PBE (MARE {summary[PBE]['mare_percent']:.2f} %, MRE {summary[PBE]['mre_percent']:+.2f} %)"
+        ax.scatter(x, pbe, marker="x", s=20, color="0.45", zorder=2, label=label)
         markers = ["o", "s", "^", "D", "v", "P"]
         n = len(self.models)
         for i, m in enumerate(self.models):
@@ -478,7 +478,8 @@ class DensityBenchmark:
             ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=3, fontsize=8, frameon=False)
         else:
             ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
-        fig.suptitle(f"Sol58LC lattice constants against experiment ({len(ordered)} solids; above 0: too large)", fontsize=10)
+        title = f"Sol58LC lattice constants against experiment ({len(ordered)} solids; above 0: too large)"
+        fig.suptitle(title, fontsize=10)
         target = Path(path)
         with atomic_path(target) as tmp:
             fig.savefig(tmp, format="png")
