@@ -27,50 +27,33 @@ Usage: ``python examples/finetune_extxyz.py [data.extxyz] [--epochs 50] [--split
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.io import write
-from ase.stress import full_3x3_to_voigt_6_stress
-
 from crossfunctional.calculators import CrossFunctionalCalculator
 from crossfunctional.data import data_path
-from crossfunctional.transfer import FinetuneConfig, finetune, read_extxyz, split_records
+from crossfunctional.transfer import FinetuneConfig, finetune, read_extxyz, read_json, split_records, write_extxyz
 
 
 def write_tmo_extxyz(path: Path, quick: bool) -> Path:
     """The shipped r2SCAN oxide frames as a labelled extxyz file: bulk cells of
     the materials whose elements all occur in at least two materials (so that
     the AtomRef fit can separate the elements)."""
-    with gzip.open(data_path("r2scan_tmo_frames.json.gz"), "rt", encoding="utf-8") as fh:
-        records = [r for r in json.load(fh) if r["source"] not in ("O2_mol", "isolated_O")]  # no molecules
+    frames = read_json(data_path("r2scan_tmo_frames.json.gz"), energy_key="energy_sigma0_eV", energy_per_atom=False)
+    frames = [f for f in frames if f.material_id not in ("O2_mol", "isolated_O")]  # no molecules in a box
     materials: dict[str, set[str]] = {}
-    for rec in records:
-        materials.setdefault(rec["source"], set()).update(rec["symbols"])
+    for f in frames:
+        materials.setdefault(f.material_id, set()).update(f.structure.symbol_set)
     n_materials = Counter(el for elements in materials.values() for el in elements)
-    frames, per_material = [], Counter()
-    for rec in records:
-        if any(n_materials[el] < 2 for el in rec["symbols"]):
-            continue
-        if quick and (len(rec["symbols"]) > 12 or per_material[rec["source"]] >= 2):
-            continue
-        per_material[rec["source"]] += 1
-        atoms = Atoms(rec["symbols"], positions=rec["positions"], cell=rec["cell"], pbc=True)
-        atoms.calc = SinglePointCalculator(
-            atoms,
-            energy=rec["energy_sigma0_eV"],  # eV, sigma -> 0
-            forces=np.array(rec["forces_eV_per_A"]),  # eV/Å
-            stress=full_3x3_to_voigt_6_stress(np.array(rec["stress_eV_per_A3"])),  # eV/Å³, positive tensile
-        )
-        atoms.info["material_id"] = rec["source"]
-        frames.append(atoms)
-    write(path, frames, format="extxyz")
-    return path
+    frames = [f for f in frames if all(n_materials[el] >= 2 for el in materials[f.material_id])]
+    if quick:  # at most two frames of 12 atoms or fewer per material
+        small, count = [], Counter()
+        for f in frames:
+            if f.n_atoms <= 12 and count[f.material_id] < 2:
+                count[f.material_id] += 1
+                small.append(f)
+        frames = small
+    return write_extxyz(frames, path)  # energy eV, forces eV/Å, stress eV/Å³ (ASE sign), material_id
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     scores = [("energy_mae_meV_per_atom", "energy", "meV/atom"), ("force_mae_meV_per_A", "forces", "meV/Å"),
               ("stress_mae_GPa", "stress", "GPa"), ("magmom_mae_muB", "magmoms", "μB")]  # fmt: skip
     maes = [f"{name} {m[key]:.4g} {unit}" for key, name, unit in scores if key in m]
-    print(f"{m['split']} MAE ({m['n']} frames): " + ", ".join(maes))
+    print(f"{m['split']} MAE (n = {m['n']}): " + ", ".join(maes))
 
     # the fine-tuned model is an ordinary model file for the ASE calculator (and LAMMPS)
     calc = CrossFunctionalCalculator(model=str(result.torchscript))

@@ -137,7 +137,7 @@ def test_finetune_extxyz(tmp_path):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["best_epoch"] == 1
-    assert f"test MAE ({metrics['n']} frames): energy {metrics['energy_mae_meV_per_atom']:.4g} meV/atom" in out
+    assert f"test MAE (n = {metrics['n']}): energy {metrics['energy_mae_meV_per_atom']:.4g} meV/atom" in out
     # the exported model is a model file for the calculator: its energy of a test frame is printed
     line = next(ln for ln in out.splitlines() if "fine-tuned" in ln and "DFT" in ln)
     test_frame = split_records(records, (0.8, 0.1, 0.1), by="structure", seed=0)[2][0]
