@@ -96,7 +96,8 @@ def prepare(n_gga: int, seed: int, max_atoms: int = 8, family_size: int = 144, n
     from dataclasses import replace
 
     from crossfunctional.transfer.atomref import composition_matrix
-    from crossfunctional.transfer.data import label_with_model, read_json
+    from crossfunctional.transfer.data import read_json
+    from crossfunctional.transfer.labels import label_with_model
 
     records = [r for r in read_json(DATA, energy_key="corrected_energy") if r.n_atoms <= max_atoms]
     gga = [replace(r, forces=np.zeros((r.n_atoms, 3)), stress=np.zeros((3, 3)), magmoms=None) for r in records]
@@ -164,7 +165,8 @@ def random_design(seed: int, max_atoms: int = 8, n_r2scan: int = 50, n_test: int
     energy error on held-out structures of the same elements is eV/atom."""
     from crossfunctional.models import load_model
     from crossfunctional.transfer.atomref import rereference
-    from crossfunctional.transfer.data import label_with_model, read_json
+    from crossfunctional.transfer.data import read_json
+    from crossfunctional.transfer.labels import label_with_model
     from crossfunctional.transfer.finetune import evaluate
 
     records = [r for r in read_json(DATA, energy_key="corrected_energy") if r.n_atoms <= max_atoms]

@@ -40,7 +40,7 @@ def forces_and_virial(
     return forces, virial
 
 
-def compiled(model: torch.nn.Module) -> torch.nn.Module:
+def scripted(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` as TorchScript, for evaluation under
     ``torch.jit.optimized_execution(False)``: the graph executor then runs the
     same kernels as the eager module (same numbers, no re-specialisation per
@@ -89,7 +89,7 @@ class CompiledRunner:
     Args:
         model: an eager :class:`crossfunctional.models.CHGNet` (not a
             TorchScript module: ``torch.compile`` needs the Python code).
-        script: the TorchScript version of ``model`` (:func:`compiled`).
+        script: the TorchScript version of ``model`` (:func:`scripted`).
 
     Raises:
         ValueError: ``model`` is a TorchScript module.
@@ -236,7 +236,7 @@ class CrossFunctionalCalculator(Calculator):
     in eV, AtomRef included, summing to ``energy``).
 
     ``model`` is the module as loaded; ``runner`` the one evaluated: a model
-    the calculator loads itself runs as TorchScript (:func:`compiled`), or
+    the calculator loads itself runs as TorchScript (:func:`scripted`), or
     with ``compile=True`` as a :class:`CompiledRunner`; a module passed in
     runs as it is (or compiled, with ``compile=True``).
 
@@ -267,10 +267,10 @@ class CrossFunctionalCalculator(Calculator):
             if task is not None:
                 raise ModelError("task= selects the channel of a multi-task model file; a loaded module has one task already")
             self.model = model
-            self.runner = CompiledRunner(model, compiled(model)) if compile else model
+            self.runner = CompiledRunner(model, scripted(model)) if compile else model
         else:
             self.model = load_model(model, device=device, dtype=dtype, task=task)
-            script = compiled(self.model)
+            script = scripted(self.model)
             script.recompute_threshold = int(recompute_threshold)
             self.runner = CompiledRunner(self.model, script) if compile else script
         param = next(iter(self.model.parameters()))
@@ -280,6 +280,12 @@ class CrossFunctionalCalculator(Calculator):
         self.metadata = model_metadata(self.model)
         if retain_memory and self.device.type == "cpu":
             retain_freed_memory()
+
+    def predict_batch(self, structures: Sequence[Atoms], max_edges: int = 200_000) -> list[dict[str, np.ndarray | float]]:
+        """Evaluate many independent structures with this calculator's model as
+        batched graphs (:func:`predict_batch`); the calculator's own results
+        and atoms are left as they are."""
+        return predict_batch(structures, self.runner, max_edges=max_edges)
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -321,10 +327,12 @@ def predict_batch(
 
     Args:
         structures: ASE Atoms, any mix of sizes and periodicities.
-        model: a model name or file, a loaded module, or a
-            :class:`CrossFunctionalCalculator` whose model is reused.
-        device, dtype: as for the calculator (ignored when a module or
-            calculator is passed).
+        model: a model name or file, or a loaded model or runner (a module
+            with the forward contract of :class:`~crossfunctional.models.CHGNet`,
+            e.g. a calculator's ``runner``); an object with its own
+            ``predict_batch`` (a :class:`CrossFunctionalCalculator`) is asked
+            to evaluate the batch itself.
+        device, dtype: for a model loaded here (ignored otherwise).
         max_edges: upper bound on directed edges per packed graph.
 
     Returns:
@@ -336,12 +344,9 @@ def predict_batch(
     Raises:
         StructureError: as the calculator, naming the index of the structure.
     """
-    if isinstance(model, CrossFunctionalCalculator):
-        module = model.runner
-    elif isinstance(model, torch.nn.Module):
-        module = model
-    else:
-        module = compiled(load_model(model, device=device, dtype=dtype))
+    if hasattr(model, "predict_batch") and not isinstance(model, torch.nn.Module):  # a calculator: its own batch path
+        return model.predict_batch(structures, max_edges=max_edges)
+    module = model if isinstance(model, torch.nn.Module) else scripted(load_model(model, device=device, dtype=dtype))
     param = next(iter(module.parameters()))
     cutoff = float(module.atom_graph_cutoff)
     edges = []
@@ -350,6 +355,9 @@ def predict_batch(
             edges.append(neighbor_list(atoms, cutoff))
         except StructureError as exc:
             raise StructureError(f"structure {k}: {exc}") from None
+        isolated = len(atoms) - np.unique(edges[-1].edge_index[0]).size
+        if isolated:
+            log.warning("structure %d: %d atom(s) have no neighbour within %.1f Å", k, isolated, cutoff)
     results: list[dict[str, np.ndarray | float]] = []
     start = 0
     while start < len(edges):

@@ -21,7 +21,8 @@ from crossfunctional.calculators import CrossFunctionalCalculator
 from crossfunctional.cli import main as cli_main
 from crossfunctional.data import data_path
 from crossfunctional.models import ModelError, load_model, model_metadata
-from crossfunctional.transfer.data import TransferDataError, label_with_model, perturb, read_extxyz, write_extxyz
+from crossfunctional.transfer.data import TransferDataError, read_extxyz, write_extxyz
+from crossfunctional.transfer.labels import label_with_model, perturb
 from crossfunctional.transfer.finetune import load_upstream
 from crossfunctional.transfer.multitask import (
     MultiTaskCHGNet,

@@ -19,7 +19,7 @@ from ase.build import bulk, molecule
 pytest.importorskip("phonopy")
 pytest.importorskip("seekpath")
 
-from crossfunctional.calculators import CrossFunctionalCalculator, predict_batch  # noqa: E402
+from crossfunctional.calculators import CrossFunctionalCalculator  # noqa: E402
 from crossfunctional.workflows.phonons import (  # noqa: E402
     PhononError,
     evaluate_forces,
@@ -177,16 +177,16 @@ def test_force_constants_match_phonopy_by_hand(si, calc):
 
 
 class BatchingCalculator(CrossFunctionalCalculator):
-    """A calculator with a ``predict_batch(frames)`` method (batched graphs),
-    recording how many frames each call gets."""
+    """Our calculator's ``predict_batch`` (batched graphs), recording how many
+    frames each call gets."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.batches: list[int] = []
 
-    def predict_batch(self, frames):
+    def predict_batch(self, frames, **kwargs):
         self.batches.append(len(frames))
-        return predict_batch(frames, self)
+        return super().predict_batch(frames, **kwargs)
 
 
 def test_memory_estimate_counts_the_batch():

@@ -134,7 +134,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_scaling(args: argparse.Namespace) -> int:
-    from crossfunctional.transfer.finetune import scaling_law
+    from crossfunctional.transfer.scaling import scaling_law
 
     train, val, _ = _splits(args)
     result = scaling_law(train, val, args.sizes, output_dir=args.output, methods=args.methods, base=args.base,
