@@ -60,7 +60,7 @@ def test_ase_single_point(tmp_path):
     ref = bulk("MgO", "rocksalt", a=4.21)
     ref.calc = CrossFunctionalCalculator()
     assert atoms.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)
-    np.testing.assert_allclose(atoms.get_stress(), ref.get_stress(), atol=1e-7)
+    np.testing.assert_allclose(atoms.get_stress(), ref.get_stress(), atol=5e-6)  # eV/Å³: float32, another process
     np.testing.assert_allclose(atoms.get_forces(), 0.0, atol=1e-4)  # rock salt: forces vanish by symmetry
     assert f"{ref.get_potential_energy():12.5f} eV" in out
 

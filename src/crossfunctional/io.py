@@ -170,3 +170,14 @@ def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Pa
                 os.unlink(tmp)
 
     return _ctx()
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> Path:
+    """Save a matplotlib figure atomically (:func:`atomic_path`) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return path

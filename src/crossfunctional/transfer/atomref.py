@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crossfunctional.io import atomic_path, atomic_write
+from crossfunctional.io import atomic_write, save_figure
 from crossfunctional.models.chgnet import MAX_Z
 from crossfunctional.models.loading import ELEMENTS
 from crossfunctional.transfer.data import LabelledStructure, TransferDataError
@@ -115,8 +115,18 @@ def get_atomref(source: Any) -> np.ndarray:
     return vec.copy()
 
 
+class _WritesJson:
+    """``write(path)``: :meth:`as_dict` as JSON, atomically."""
+
+    def write(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        with atomic_write(path) as fh:
+            json.dump(self.as_dict(), fh, indent=1)
+        return path
+
+
 @dataclass
-class AtomRefFit:
+class AtomRefFit(_WritesJson):
     """Result of :func:`fit_atomref`.
 
     Attributes:
@@ -166,12 +176,6 @@ class AtomRefFit:
             "notes": self.notes,
         }
 
-    def write(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`as_dict` as JSON, atomically."""
-        path = Path(path)
-        with atomic_write(path) as fh:
-            json.dump(self.as_dict(), fh, indent=1)
-        return path
 
     def summary(self) -> str:
         lines = [
@@ -404,11 +408,7 @@ class CorrelationResult:
         if title:
             fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=130)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
     def write(self, directory: str | os.PathLike, title: str = "") -> Path:
         """``DIR/correlation.json`` (summary), ``correlation.csv`` (per
@@ -580,7 +580,7 @@ def matpes_prior() -> np.ndarray:
 
 
 @dataclass
-class PriorAtomRefFit:
+class PriorAtomRefFit(_WritesJson):
     """Result of :func:`fit_atomref_with_prior`.
 
     Attributes:
@@ -632,12 +632,6 @@ class PriorAtomRefFit:
             "residual_mae_eV_per_atom": self.residual_mae,
         }
 
-    def write(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`as_dict` as JSON, atomically."""
-        path = Path(path)
-        with atomic_write(path) as fh:
-            json.dump(self.as_dict(), fh, indent=1)
-        return path
 
     def summary(self) -> str:
         text = (f"AtomRef = base ({self.base}) + elemental prior + ridge residual (alpha {self.alpha:g}), "

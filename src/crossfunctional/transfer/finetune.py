@@ -31,7 +31,6 @@ LAMMPS) and ``metrics.json`` (test MAEs in Table 1 units).
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import logging
@@ -40,7 +39,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -328,11 +327,7 @@ def finetune(
     """
     from chgnet.trainer import Trainer
 
-    config = copy.deepcopy(config) if config is not None else FinetuneConfig()
-    for key, value in overrides.items():
-        if key not in {f.name for f in fields(FinetuneConfig)}:
-            raise TypeError(f"finetune() got an unknown setting {key!r}")
-        setattr(config, key, value)
+    config = FinetuneConfig.with_overrides(config, overrides, "finetune")
     config.check()
     method = METHODS[config.method]
     if test is not None and len(test) == 0:

@@ -55,7 +55,6 @@ Checkpoints are plain dicts of tensors, lists and strings under the key
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import logging
@@ -64,7 +63,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -428,11 +427,7 @@ def train_multitask(
             any training step.
         RuntimeError: the loss became NaN.
     """
-    config = copy.deepcopy(config) if config is not None else MultiTaskConfig()
-    for key, value in overrides.items():
-        if key not in {f.name for f in fields(MultiTaskConfig)}:
-            raise TypeError(f"train_multitask() got an unknown setting {key!r}")
-        setattr(config, key, value)
+    config = MultiTaskConfig.with_overrides(config, overrides, "train_multitask")
     train = _as_task_dict(train, "training data")
     tasks = list(train)
     bridge = _as_task_dict(bridge, "bridge data", tasks)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crossfunctional.errors import CrossFunctionalError
-from crossfunctional.io import atomic_path, atomic_write
+from crossfunctional.io import atomic_write, save_figure
 
 __all__ = ["ConfigError", "TrainingConfig", "fingerprint", "plot_curves", "read_history", "write_history"]
 
@@ -60,6 +60,21 @@ class TrainingConfig:
     seed: int = 0
     device: str = "cpu"
     allow_rank_deficient: bool = False
+
+    @classmethod
+    def with_overrides(cls, config: TrainingConfig | None, overrides: Mapping[str, Any], caller: str):
+        """A copy of ``config`` (default: the defaults) with keyword
+        ``overrides`` applied; an unknown keyword is a ``TypeError`` naming it."""
+        import copy
+        from dataclasses import fields
+
+        config = copy.deepcopy(config) if config is not None else cls()
+        names = {f.name for f in fields(cls)}
+        for key, value in overrides.items():
+            if key not in names:
+                raise TypeError(f"{caller}() got an unknown setting {key!r}")
+            setattr(config, key, value)
+        return config
 
     def check(self) -> None:
         """Raises :class:`ConfigError` naming a setting that cannot be used."""
@@ -169,8 +184,4 @@ def plot_curves(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
