@@ -27,6 +27,9 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers
 
+from crossfunctional.errors import WorkflowError
+from crossfunctional.io import as_atoms
+
 __all__ = [
     "LammpsData",
     "MDResult",
@@ -85,7 +88,7 @@ def write_data(atoms: Atoms, path: str | os.PathLike, species: list[str] | None 
         species = symbols
     missing = sorted(set(symbols) - set(species))
     if missing:
-        raise ValueError(f"species {species} lacks the element(s) {missing} of the structure")
+        raise WorkflowError(f"species {species} lacks the element(s) {missing} of the structure")
     pbc = np.asarray(atoms.pbc, dtype=bool)
     if not pbc.all():
         lengths = atoms.cell.lengths()
@@ -318,12 +321,12 @@ def _md_fix(ensemble: str, temperature: float, pressure_bar: float, tdamp_ps: fl
         return f"fix cf_md all nvt temp {temperature} {temperature} {tdamp_ps}"
     if ensemble == "npt":
         if barostat not in ("iso", "aniso", "tri"):
-            raise ValueError(f"barostat must be iso, aniso or tri, got {barostat!r}")
+            raise WorkflowError(f"barostat must be iso, aniso or tri, got {barostat!r}")
         return (
             f"fix cf_md all npt temp {temperature} {temperature} {tdamp_ps} "
             f"{barostat} {pressure_bar} {pressure_bar} {pdamp_ps}"
         )
-    raise ValueError(f"ensemble must be nve, nvt or npt, got {ensemble!r}")
+    raise WorkflowError(f"ensemble must be nve, nvt or npt, got {ensemble!r}")
 
 
 def run_md(
@@ -374,8 +377,9 @@ def run_md(
     from ase.io import read
     from ase.units import fs as ase_fs
 
+    atoms = as_atoms(atoms)
     if ensemble.lower() == "npt" and not np.all(atoms.pbc):
-        raise ValueError("NPT needs a fully periodic cell")
+        raise WorkflowError("NPT needs a fully periodic cell")
     tmp_ctx = tempfile.TemporaryDirectory(prefix="crossfunctional-md-") if workdir is None else None
     folder = Path(tmp_ctx.name if tmp_ctx else workdir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -465,6 +469,7 @@ def ase_md(
     (``ase.md.nose_hoover_chain``). Arguments as :func:`run_md`; the
     calculator defaults to :class:`CrossFunctionalCalculator` with ``model``.
     """
+    atoms = as_atoms(atoms)
     import pandas as pd
     from ase import units
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -495,13 +500,13 @@ def ase_md(
         from ase.md.nose_hoover_chain import IsotropicMTKNPT
 
         if not np.all(atoms.pbc):
-            raise ValueError("NPT needs a fully periodic cell")
+            raise WorkflowError("NPT needs a fully periodic cell")
         dyn = IsotropicMTKNPT(
             atoms, timestep=dt, temperature_K=temperature, pressure_au=pressure * units.GPa,
             tdamp=tdamp * units.fs, pdamp=pdamp * units.fs,
         )  # fmt: skip
     else:
-        raise ValueError(f"ensemble must be nve, nvt or npt, got {ensemble!r}")
+        raise WorkflowError(f"ensemble must be nve, nvt or npt, got {ensemble!r}")
 
     rows: list[dict] = []
     trajectory: list[Atoms] = []

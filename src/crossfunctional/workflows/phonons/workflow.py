@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ase import Atoms
 
+from crossfunctional.io import as_atoms
 from crossfunctional.models import DEFAULT_MODEL
 from crossfunctional.workflows.phonons.cells import (
     DEFAULT_MIN_LENGTH,
@@ -367,6 +368,7 @@ def phonons(
         crossfunctional.models.ModelError, crossfunctional.neighbors.StructureError:
             as the calculator raises them.
     """
+    atoms = as_atoms(atoms)
     _check_crystal(atoms)
     _require_phonopy()
     if not displacement > 0:
