@@ -10,12 +10,15 @@ from crossfunctional.workflows.density import (
     load_sol58lc,
 )
 from crossfunctional.workflows.phonons import PhononResult, phonons
+from crossfunctional.workflows.batch_relax import relax_many
 from crossfunctional.workflows.relax import RelaxResult, relax
+from crossfunctional.workflows.stability import StabilityBenchmark, stability_benchmark
 
 __all__ = [
     "DensityBenchmark",
     "PhononResult",
     "RelaxResult",
+    "StabilityBenchmark",
     "Solid",
     "build_solid",
     "conventional_lattice_constant",
@@ -24,4 +27,6 @@ __all__ = [
     "load_sol58lc",
     "phonons",
     "relax",
+    "relax_many",
+    "stability_benchmark",
 ]
