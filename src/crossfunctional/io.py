@@ -159,7 +159,7 @@ def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Pa
     def _ctx() -> Iterator[Path]:
         target = check_writable(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}")
         os.close(fd)
         os.chmod(tmp, _umask_mode())
         try:
@@ -211,3 +211,17 @@ def as_structure(atoms: Atoms):
     if atoms.pbc.any():
         return AseAtomsAdaptor.get_structure(atoms)
     return AseAtomsAdaptor.get_molecule(atoms)
+
+
+def clean_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that a killed atomic write left in ``folder``
+    (hidden ``.NAME.*.tmp*`` files of :func:`atomic_write` and :func:`atomic_path`);
+    returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for path in folder.glob(".*.tmp*"):
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+    return removed

