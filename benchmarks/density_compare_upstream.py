@@ -12,9 +12,9 @@ fmax 0.01 eV/Å in at most 1000 steps
   ``ase_filter="FrechetCellFilter"``) and ``CHGNet.load(model_name="r2scan")``
   / ``"0.3.0"``.
 
-Printed: per-solid lattice constants of both and their difference (target:
-within 0.002 Å for every solid), and the MAREs of ours, upstream and the
-reference numbers (0.682 % r2scan, 1.127 % 0.3.0, PBE 1.274 %). Written:
+Printed: per-solid lattice constants of both and their difference (tolerance
+0.002 Å for every solid), and the MAREs of ours, upstream and the reference
+values ``REFERENCE_MARE`` (recorded results: the JSON file below). Written:
 ``benchmarks/results/density_compare_upstream.json`` (atomically).
 
 Usage (from the repository root)::
@@ -59,10 +59,11 @@ from crossfunctional.workflows.density import (  # noqa: E402
 ROOT = Path(__file__).resolve().parent
 FMAX = 0.01  # eV/Å
 STEPS = 1000
-TOLERANCE_A = 0.002  # Å, per-solid agreement target
+TOLERANCE_A = 0.002  # Å, per-solid agreement tolerance
 #: (our model name, upstream chgnet model_name)
 PAIRS = (("chgnet-r2scan", "r2scan"), ("chgnet-0.3.0", "0.3.0"))
-#: MAREs (%) of the upstream reference run of this benchmark.
+#: Reference MAREs (%) printed beside a new run's: upstream chgnet under this protocol
+#: (``benchmarks/results/density_compare_upstream.json``) and PBE.
 REFERENCE_MARE = {"chgnet-r2scan": 0.682, "chgnet-0.3.0": 1.127, "pbe": 1.274}
 
 

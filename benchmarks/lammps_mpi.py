@@ -34,7 +34,7 @@ from crossfunctional.workflows.lammps_md import write_data
 OUT = Path(__file__).resolve().parent / "results" / "lammps_mpi"
 MODELS = Path("/tmp") / "crossfunctional-lammps-mpi-models"
 
-# (ranks, pair_style options, processors): the layouts
+# (ranks, pair_style options, processors): the rank layouts checked
 LAYOUTS = [
     (1, "parallel exchange", ""),
     (2, "", ""),

@@ -3,19 +3,19 @@ GGA + r2SCAN multi-task model against single-task fine-tunes on the same
 r2SCAN structures, and the sweep that chose the selective-L2 default.
 
 Data: the shipped WBM structures (``crossfunctional.data``) with at most 8 atoms (611 of
-972; the size cap keeps the run inside the time budget), split once with a
-seed:
+972; the size cap keeps each training run to minutes on 2 CPU cores), split
+once with a seed:
 
 - **r2SCAN task**: 50 structures labelled by the shipped r2SCAN CHGNet
-  (``chgnet-r2scan``: energy, forces, stress, magmoms) -- the "about 50" of
-  the issue -- drawn from one chemical family: the 30 elements grown greedily
-  until 144 structures lie inside (intermetallics: Al, Au, Cd, Co, Cu, Dy, Er,
+  (``chgnet-r2scan``: energy, forces, stress, magmoms), drawn from one
+  chemical family: the 30 elements grown greedily until 144 structures lie
+  inside (intermetallics: Al, Au, Cd, Co, Cu, Dy, Er,
   Fe, Ga, Hf, Ho, In, Ir, La, Mg, Nd, Ni, Pd, Pr, Pt, Rh, Ru, Sb, Sc, Si, Sn,
   Sr, Tb, Th, Zn). 10 of the 50 are the **bridge**: they also carry their GGA
   label. Why a family: the r2SCAN-GGA energy offset is per element and only
   r2SCAN labels can fix it; 50 random WBM structures span ~62 elements with
   rank <= 50, so the r2SCAN AtomRef is under-determined and every model is
-  eV/atom off on held-out structures (``random_design``, reported too). In the
+  eV/atom off on held-out structures (``random_50_design``, reported too). In the
   family the 50 structures determine all 30 elements (rank 30).
 - **GGA task**: WBM structures outside the family with their real PBE labels,
   ``corrected_energy`` (MP2020-compatible, as CHGNet 0.3.0 was trained on);

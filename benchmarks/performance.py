@@ -8,8 +8,9 @@ Usage::
 * memory: peak resident memory (ru_maxrss) of a fresh process that evaluates
   energy + forces + stress once, ours and upstream ``chgnet``, minus the same
   process's resident memory after imports and model load; MgO 512 atoms
-  (a = 4.21 Å) and Si 512, ours also Si 10,000 (skipped for upstream, which
-  needs ~4.8 MB/atom);
+  (a = 4.21 Å) and Si 512, ours also Si 10,000 (skipped for upstream: at its
+  memory per atom on Si 512, recorded in ``benchmarks/results/performance.json``,
+  it would need tens of GB);
 * scaling: time per atom for Si 512 -> 8,000 atoms (ours; with ``--compile``
   also ``CrossFunctionalCalculator(compile=True)``, key ``scaling_compiled``);
 * GFLOP/s: matrix-product FLOPs of one energy+forces+stress evaluation

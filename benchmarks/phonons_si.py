@@ -21,7 +21,7 @@ B 6, 3777 (1972), "Study of the homology between silicon and germanium by
 thermal-neutron spectrometry" (room temperature). The numbers below are those
 commonly tabulated from that paper (e.g. the experimental column of the Si
 table in P. Giannozzi, S. de Gironcoli, P. Pavone, S. Baroni, Phys. Rev. B 43,
-7231 (1991)); they were not re-read from the original article here.
+7231 (1991)); the values are taken from that tabulation.
 
 Writes ``benchmarks/results/phonons/`` (atomically): ``si_frequencies.json``,
 ``si_frequencies.csv``, ``si_band_structure.png`` (both models and the
@@ -278,7 +278,7 @@ def markdown(record: dict) -> str:
         "displacement 0.01 Å, phonopy's symmetrised force constants). Nothing is tuned towards experiment.\n\n"
         "Frequencies in THz. Experiment: inelastic neutron scattering, G. Nilsson and G. Nelin, "
         "*Phys. Rev. B* **6**, 3777 (1972), as commonly tabulated (e.g. Giannozzi et al., *Phys. Rev. B* **43**, "
-        "7231 (1991)); not re-read from the original article for this table. Branches assigned from the "
+        "7231 (1991)), values as given in that tabulation. Branches assigned from the "
         "eigenvectors (longitudinal vs transverse polarisation).\n\n"
         + head + "\n".join(lines) + "\n\n" + "\n".join(dev) + "\n\n"
         "The 'a = 5.431 Å' rows use the measured lattice constant without relaxation (forces vanish by "
@@ -306,11 +306,11 @@ def markdown(record: dict) -> str:
             "The harmonic frequencies of these weights depend strongly on the finite displacement. "
             "Same relaxed cells and supercells as above, only the displacement changed:\n\n" + t +
             "\nΓ optical frequency (THz) from the 2-atom primitive cell alone (atoms moved by ±u/2, central "
-            "differences; no phonopy), against the lattice constant. A check during development (not "
-            "re-run by this script): the upstream `chgnet` model converted to float64 gives the same self force "
+            "differences; no phonopy), against the lattice constant. A separate check, not part of "
+            "this script: the upstream `chgnet` model converted to float64 gives the same self force "
             "constant, to 4 decimals in eV/Å², for single-atom displacements of 0.0005 to 0.01 Å at both relaxed "
             "lattice constants, so this is a property of the weights, not of this package:\n\n" + scan +
-            "\nThe default displacement stays phonopy's usual 0.01 Å (the issue's specification; it reproduces a "
+            "\nThe default displacement stays phonopy's usual 0.01 Å (it reproduces a "
             "plain phonopy run on the upstream weights). Choosing another displacement because it lands closer to "
             "experiment would be tuning; the numbers are reported as they are.\n"
         )

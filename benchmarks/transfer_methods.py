@@ -5,8 +5,8 @@ shipped structures (``crossfunctional.data``), each perturbed (Gaussian rattle 0
 random symmetric strain up to ±2 %) so that forces and stresses are non-zero:
 energy, forces, stress and magmoms. Source: the GGA/GGA+U CHGNet 0.3.0.
 Split by material id 80/10/10 (seed 0); all four methods see the same split
-and the same settings (the paper's, except the number of epochs, which is
-sized to this machine's time budget).
+and the same settings (the paper's, except the number of epochs: ``--epochs``,
+default 4, instead of 50).
 
     python benchmarks/transfer_methods.py --n 600 --epochs 4 --workdir /tmp/transfer_methods
 
