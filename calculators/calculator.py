@@ -73,8 +73,8 @@ class CompiledRunner:
     edge vectors, embedding, interaction blocks and readout, and autograd
     differentiates it with a compiled backward pass. Fusing the elementwise
     work (layer norms, SiLU gates, gathers) makes energy + forces + stress
-    about 1.1-1.3x faster than the TorchScript runner (``benchmarks/speed.py
-    --compile``); the numbers agree with it to float rounding (float32:
+    faster than the TorchScript runner (measured by ``benchmarks/speed.py
+    --compile``, results in ``benchmarks/results/``); the numbers agree with it to float rounding (float32:
     about 1e-6 eV/atom, 6e-5 eV/Å).
 
     On CPU with more than one thread the call runs with deterministic
@@ -82,8 +82,7 @@ class CompiledRunner:
     afterwards: TorchInductor then keeps ATen's scatter-add kernels (the
     backward pass of every gather) instead of lowering them to atomic adds in
     parallel loops, which made the compiled model slower than TorchScript on
-    two threads (0.93-0.95x on Si 64, Si 512 and MgO 64; 1.12-1.19x faster
-    with ATen's kernels). On one thread the fused atomic adds are the faster
+    two threads (``benchmarks/results/README.md``). On one thread the fused atomic adds are the faster
     choice and are kept.
 
     The price is a one-time compilation of one to three minutes on a 2-core
@@ -238,7 +237,7 @@ class CrossFunctionalCalculator(Calculator):
             lose much when a core is busy, and larger ones on torch's
             thread count; an integer fixes it; None leaves torch's setting.
         compile: run the network through ``torch.compile``
-            (:class:`CompiledRunner`): about 1.1-1.3x faster per call, after a
+            (:class:`CompiledRunner`): faster per call (``benchmarks/results/``), after a
             one-time compilation of one to three minutes per process; for
             long MD runs, relaxations and screening, not single points.
 

