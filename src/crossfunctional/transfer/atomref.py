@@ -350,6 +350,22 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def _model_energies(records: Sequence[LabelledStructure], model: Any, given: Sequence[float] | None, name: str):
+    """(loaded model or None, [n] energies per atom in eV/atom): ``given`` if
+    not None (checked against the records), else the model's predictions."""
+    if given is not None:
+        energies = np.asarray(given, dtype=float).reshape(-1)
+        if energies.shape != (len(records),):
+            raise TransferDataError(f"{name} has {energies.size} values for {len(records)} structures")
+        return None, energies
+    from crossfunctional.calculators import predict_batch
+    from crossfunctional.models import load_model
+
+    loaded = model if isinstance(model, torch.nn.Module) else load_model(model)
+    preds = predict_batch([r.atoms() for r in records], loaded, max_edges=50_000)
+    return loaded, np.array([p["energy"] / r.n_atoms for p, r in zip(preds, records)])
+
+
 @dataclass
 class CorrelationResult:
     """Pearson correlation between a source model's energies and target labels
@@ -457,18 +473,7 @@ def correlate(
     if len(records) < 3:
         raise TransferDataError(f"correlation needs at least 3 structures, got {len(records)}")
     target = np.array([r.energy_per_atom for r in records])
-    model = None
-    if source_energies is None:
-        from crossfunctional.calculators import predict_batch
-        from crossfunctional.models import load_model
-
-        model = source if isinstance(source, torch.nn.Module) else load_model(source)
-        preds = predict_batch([r.atoms() for r in records], model, max_edges=50_000)
-        src_e = np.array([p["energy"] / r.n_atoms for p, r in zip(preds, records)])
-    else:
-        src_e = np.asarray(source_energies, dtype=float).reshape(-1)
-        if src_e.shape != target.shape:
-            raise TransferDataError(f"source_energies has {src_e.size} values for {target.size} structures")
+    model, src_e = _model_energies(records, source, source_energies, "source_energies")
     A = composition_matrix(records)
     if source_atomref is None:
         if model is None and not isinstance(source, (str, os.PathLike, torch.nn.Module)):
@@ -691,18 +696,7 @@ def fit_atomref_with_prior(
     y = np.array([r.energy_per_atom for r in records], dtype=float)
     if not np.isfinite(y).all():
         raise TransferDataError("every structure needs a finite energy label")
-    model = None
-    if base_energies is None:
-        from crossfunctional.calculators import predict_batch
-        from crossfunctional.models import load_model
-
-        model = base if isinstance(base, torch.nn.Module) else load_model(base)
-        preds = predict_batch([r.atoms() for r in records], model, max_edges=50_000)
-        m = np.array([p["energy"] / r.n_atoms for p, r in zip(preds, records)])
-    else:
-        m = np.asarray(base_energies, dtype=float).reshape(-1)
-        if m.shape != y.shape:
-            raise TransferDataError(f"base_energies has {m.size} values for {y.size} structures")
+    model, m = _model_energies(records, base, base_energies, "base_energies")
     base_ref = np.nan_to_num(get_atomref(model if model is not None else base), nan=0.0)
     if prior is None:
         delta = np.zeros(MAX_Z)

@@ -21,7 +21,7 @@ import numpy as np
 from ase import Atoms
 
 from crossfunctional.errors import WorkflowError
-from crossfunctional.io import atomic_path, atomic_write
+from crossfunctional.io import atomic_path, atomic_write, save_figure
 from crossfunctional.workflows.phonons.cells import _phonopy_labels
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -270,17 +270,13 @@ class PhononResult:
         plot_band_structure(self, ax=ax)
         ax.set_title(f"{self.thermal['formula_unit']} ({self.summary.model})")
         fig.tight_layout()
-        with atomic_path(target("band_structure.png")) as tmp:
-            fig.savefig(tmp, dpi=150)
-        plt.close(fig)
+        save_figure(fig, target("band_structure.png"), dpi=150)
 
         fig, ax = plt.subplots(figsize=(5.0, 3.6))
         plot_dos(self, ax=ax)
         ax.set_title(f"{self.thermal['formula_unit']} ({self.summary.model})")
         fig.tight_layout()
-        with atomic_path(target("dos.png")) as tmp:
-            fig.savefig(tmp, dpi=150)
-        plt.close(fig)
+        save_figure(fig, target("dos.png"), dpi=150)
         return written
 
     def _rerun_band(self) -> None:
