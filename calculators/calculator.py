@@ -13,6 +13,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from crossfunctional.calculators.dispersion import dispersion_for_model
 from crossfunctional.models import DEFAULT_MODEL, Graph, ModelError, load_model, model_metadata
 from crossfunctional.neighbors import Edges, StructureError, neighbor_list
 
@@ -228,12 +229,24 @@ class CrossFunctionalCalculator(Calculator):
             (:class:`CompiledRunner`): about 1.1-1.3x faster per call, after a
             one-time compilation of one to three minutes per process; for
             long MD runs, relaxations and screening, not single points.
+        dispersion: None (default: the models were trained without
+            dispersion), ``"d3bj"``, ``"d4"``, ``"d3bj-atm"`` or ``"d4-atm"``:
+            add Grimme's D3(BJ) or D4 correction (two-body, or with the ATM
+            three-body term) for the model's functional, from the ``dftd3`` /
+            ``dftd4`` packages (:mod:`crossfunctional.calculators.dispersion`).
+        dispersion_functional: the functional whose dispersion parameters
+            apply (``"r2scan"``, ``"pbe"``, ...); default: the model's
+            (r2SCAN for ``chgnet-r2scan``, PBE for ``chgnet-0.3.0``). Needed
+            for a checkpoint whose metadata names none.
 
     Properties, in ASE units: ``energy`` and ``free_energy`` (eV), ``forces``
     (eV/Å), ``stress`` (eV/Å³, Voigt order, positive tensile; only for fully
     periodic cells, otherwise ASE raises ``PropertyNotImplementedError``),
     ``magmoms`` (μB, non-negative as in CHGNet) and ``energies`` (site energies
-    in eV, AtomRef included, summing to ``energy``).
+    in eV, AtomRef included, summing to ``energy``). With ``dispersion`` the
+    correction is added to ``energy``, ``free_energy``, ``forces``, ``stress``
+    and ``energies`` (the library's per-atom decomposition), and
+    ``dispersion_energy`` (eV) holds its share of the energy.
 
     ``model`` is the module as loaded; ``runner`` the one evaluated: a model
     the calculator loads itself runs as TorchScript (:func:`compiled`), or
@@ -245,6 +258,10 @@ class CrossFunctionalCalculator(Calculator):
             multi-task checkpoint without ``task``, an unknown task (the message
             names the available ones), or ``task`` for a single-task model.
         ValueError: ``compile=True`` with a TorchScript module or file.
+        crossfunctional.calculators.dispersion.DispersionError: unknown
+            ``dispersion``, ``dftd3``/``dftd4`` not installed, a functional
+            without parameters, or a model whose functional is unknown and no
+            ``dispersion_functional``.
         crossfunctional.neighbors.StructureError: a structure the model cannot
             evaluate (unknown element, NaN, atoms closer than 0.5 Å, ...).
     """
@@ -260,6 +277,8 @@ class CrossFunctionalCalculator(Calculator):
         recompute_threshold: int = 500_000,
         retain_memory: bool = True,
         compile: bool = False,
+        dispersion: str | None = None,
+        dispersion_functional: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -278,6 +297,7 @@ class CrossFunctionalCalculator(Calculator):
         self.dtype = param.dtype
         self.cutoff = float(self.model.atom_graph_cutoff)
         self.metadata = model_metadata(self.model)
+        self.dispersion = dispersion_for_model(dispersion, dispersion_functional, self.metadata)
         if retain_memory and self.device.type == "cpu":
             retain_freed_memory()
 
@@ -305,6 +325,8 @@ class CrossFunctionalCalculator(Calculator):
         if atoms.pbc.all():
             stress = -virial.detach().cpu().double().numpy() / abs(atoms.get_volume())
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        if self.dispersion is not None:
+            self.dispersion.add_to(self.results, atoms)
 
 
 def predict_batch(
@@ -325,6 +347,8 @@ def predict_batch(
             :class:`CrossFunctionalCalculator` whose model is reused.
         device, dtype: as for the calculator (ignored when a module or
             calculator is passed).
+        A calculator's dispersion correction (``dispersion=``) is added to
+        each structure's results, structure by structure.
         max_edges: upper bound on directed edges per packed graph.
 
     Returns:
@@ -359,6 +383,10 @@ def predict_batch(
             stop += 1
         results.extend(_evaluate_packed(module, structures[start:stop], edges[start:stop], param.device, param.dtype))
         start = stop
+    dispersion = getattr(model, "dispersion", None)
+    if dispersion is not None:
+        for atoms, res in zip(structures, results):
+            dispersion.add_to(res, atoms)
     return results
 
 
