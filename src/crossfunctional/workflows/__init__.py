@@ -1,5 +1,7 @@
-"""Workflows: relaxation, the Sol58LC density benchmark, phonons (phonopy, optional extra)."""
+"""Workflows: relaxation, the Sol58LC density benchmark, phonons (phonopy, optional extra),
+equation of state, elastic constants, the BM32 bulk-modulus benchmark, layered solids."""
 
+from crossfunctional.workflows.bulk_moduli import BulkModuliBenchmark, bulk_moduli_benchmark, load_bm32
 from crossfunctional.workflows.density import (
     DensityBenchmark,
     Solid,
@@ -9,18 +11,32 @@ from crossfunctional.workflows.density import (
     density_benchmark,
     load_sol58lc,
 )
+from crossfunctional.workflows.elastic import ElasticResult, elastic
+from crossfunctional.workflows.eos import EOSError, EOSResult, eos
+from crossfunctional.workflows.layered import LayeredBenchmark, layered_benchmark, load_layered_solids
 from crossfunctional.workflows.phonons import PhononResult, phonons
 from crossfunctional.workflows.relax import RelaxResult, relax
 
 __all__ = [
+    "BulkModuliBenchmark",
     "DensityBenchmark",
+    "EOSError",
+    "EOSResult",
+    "ElasticResult",
+    "LayeredBenchmark",
     "PhononResult",
     "RelaxResult",
     "Solid",
     "build_solid",
+    "bulk_moduli_benchmark",
     "conventional_lattice_constant",
     "density",
     "density_benchmark",
+    "elastic",
+    "eos",
+    "layered_benchmark",
+    "load_bm32",
+    "load_layered_solids",
     "load_sol58lc",
     "phonons",
     "relax",
