@@ -92,6 +92,14 @@ class LayeredSolid:
         return PROTOTYPES[self.prototype][0] in range(168, 195)
 
     @property
+    def inplane_axes(self) -> tuple[str, ...]:
+        """The independent in-plane lattice parameters: ``("a",)`` for hexagonal
+        cells, the two axes other than the stacking axis otherwise."""
+        if self.hexagonal:
+            return ("a",)
+        return tuple(ax for ax in "abc" if ax != self.stacking_axis)
+
+    @property
     def interlayer_distance(self) -> float:
         """Experimental interlayer distance, Å."""
         return {"a": self.a, "b": self.b, "c": self.c}[self.stacking_axis] / self.layers_per_cell
@@ -170,12 +178,12 @@ class LayeredBenchmark:
     @property
     def summary(self) -> dict[str, dict[str, float]]:
         """Per label: mean absolute relative error (%) of the in-plane lattice
-        constant(s) and of the interlayer distance over all solids, and the
-        number of converged relaxations."""
+        constants (:attr:`LayeredSolid.inplane_axes`) and of the interlayer
+        distance over all solids, and the number of converged relaxations."""
         out = {}
         for lab in self.labels:
             rows = [self.results[s.name][lab] for s in self.solids]
-            inplane = [abs(r["a_error"]) for r in rows] + [abs(r["b_error"]) for r, s in zip(rows, self.solids) if not s.hexagonal]
+            inplane = [abs(r[f"{ax}_error"]) for r, s in zip(rows, self.solids) for ax in s.inplane_axes]
             out[lab] = {
                 "inplane_mare_percent": float(np.mean(inplane)),
                 "interlayer_mare_percent": float(np.mean([abs(r["interlayer_error"]) for r in rows])),
