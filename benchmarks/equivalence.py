@@ -1,8 +1,8 @@
 """Full equivalence run: our TorchScript CHGNet against the upstream ``chgnet``
 package, both weights (``chgnet-r2scan`` and ``chgnet-0.3.0``).
 
-Cases: every WBM structure of ``../shared/data/wbm_random_pbe_equilibrium.json.gz``
-(972) as relaxed and rattled (0.05 Å) + strained (up to 3 %), the edge cases of
+Cases: every WBM structure of the shipped ``wbm_random_pbe_equilibrium.json.gz``
+(``crossfunctional.data``, 972) as relaxed and rattled (0.05 Å) + strained (up to 3 %), the edge cases of
 ``tests/test_equivalence.py`` (isolated atoms, molecules with and without
 periodic boundaries, no bond under 3 Å, cells smaller than the cutoff, a
 strongly skewed cell, a left-handed cell, a slab) and a rattled 1000-atom

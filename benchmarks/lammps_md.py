@@ -1,6 +1,6 @@
 """LAMMPS with ``pair_style chgnet``: energy conservation, NPT lattice constant, throughput.
 
-Three measurements (issue 5), each written as JSON to
+Three measurements, each written as JSON to
 ``benchmarks/results/lammps/``:
 
 ``drift``

@@ -1,4 +1,4 @@
-"""Multi-rank ``pair_style chgnet`` (issue 8): exactness on many systems and
+"""Multi-rank ``pair_style chgnet``: exactness on many systems and
 rank layouts, long NVE on several rank counts, and time per step.
 
     python benchmarks/lammps_mpi.py verify      # single points, all systems x layouts

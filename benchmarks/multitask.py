@@ -1,8 +1,8 @@
-"""Multi-task CHGNet (issue 7) on real structures: the r2SCAN channel of a
+"""Multi-task CHGNet on real structures: the r2SCAN channel of a
 GGA + r2SCAN multi-task model against single-task fine-tunes on the same
 r2SCAN structures, and the sweep that chose the selective-L2 default.
 
-Data: the WBM structures of ``../shared/data`` with at most 8 atoms (611 of
+Data: the shipped WBM structures (``crossfunctional.data``) with at most 8 atoms (611 of
 972; the size cap keeps the run inside the time budget), split once with a
 seed:
 
@@ -31,7 +31,7 @@ learning-rate schedule and loss weights (Huber, 3:1:0.1:1):
 - ``zero-shot``: 0.3.0 as is, and 0.3.0 with the "residual" AtomRef (source
   AtomRef + the least-squares per-element shift of label - prediction on the
   50 r2SCAN training structures, the multi-task model's initial r2SCAN AtomRef).
-- ``single: Method 4``: issue 6's ``finetune(method="refit-atomref")``
+- ``single: Method 4``: ``finetune(method="refit-atomref")``
   (AtomRef refitted to the 50 r2SCAN labels by Eq. 2, rank-deficient data
   allowed, frozen; chgnet's Trainer).
 - ``single: residual AtomRef``: the same fine-tune with the residual AtomRef
@@ -65,8 +65,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from crossfunctional.data import data_path
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "wbm_random_pbe_equilibrium.json.gz"
+DATA = data_path("wbm_random_pbe_equilibrium.json.gz")
 RESULTS = REPO / "benchmarks" / "results" / "multitask"
 QUANTITIES = (("energy_mae_meV_per_atom", "energy (meV/atom)"), ("force_mae_meV_per_A", "forces (meV/Å)"),
               ("stress_mae_GPa", "stress (GPa)"), ("magmom_mae_muB", "magmoms (μB)"))
@@ -94,7 +96,8 @@ def prepare(n_gga: int, seed: int, max_atoms: int = 8, family_size: int = 144, n
     from dataclasses import replace
 
     from crossfunctional.transfer.atomref import composition_matrix
-    from crossfunctional.transfer.data import label_with_model, read_json
+    from crossfunctional.transfer.data import read_json
+    from crossfunctional.transfer.labels import label_with_model
 
     records = [r for r in read_json(DATA, energy_key="corrected_energy") if r.n_atoms <= max_atoms]
     gga = [replace(r, forces=np.zeros((r.n_atoms, 3)), stress=np.zeros((3, 3)), magmoms=None) for r in records]
@@ -162,7 +165,8 @@ def random_design(seed: int, max_atoms: int = 8, n_r2scan: int = 50, n_test: int
     energy error on held-out structures of the same elements is eV/atom."""
     from crossfunctional.models import load_model
     from crossfunctional.transfer.atomref import rereference
-    from crossfunctional.transfer.data import label_with_model, read_json
+    from crossfunctional.transfer.data import read_json
+    from crossfunctional.transfer.labels import label_with_model
     from crossfunctional.transfer.finetune import evaluate
 
     records = [r for r in read_json(DATA, energy_key="corrected_energy") if r.n_atoms <= max_atoms]
@@ -361,7 +365,7 @@ def main() -> int:
         "training_seconds_total": float(sum(r.get("seconds", 0.0) for r in out["rows"])),
         "labels": {"r2scan": "chgnet-r2scan predictions (energy, forces, stress, magmoms) on the relaxed WBM structures",
                    "pbe": "WBM corrected_energy (PBE, MP2020 corrections); forces and stress zero (relaxed structures)"},
-        "units": "test MAEs: energy meV/atom, forces meV/Å, stress GPa, magmoms μB (evaluate() of issue 6)",
+        "units": "test MAEs: energy meV/atom, forces meV/Å, stress GPa, magmoms μB (transfer.evaluate)",
     }
     with atomic_write(results / f"{args.part}.json") as fh:
         json.dump(out, fh, indent=1)

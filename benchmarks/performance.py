@@ -34,8 +34,10 @@ import numpy as np
 import torch
 from ase.build import bulk
 
+from crossfunctional.data import data_path
+
 ROOT = Path(__file__).resolve().parents[1]
-WBM = ROOT.parent / "shared" / "data" / "wbm_random_pbe_equilibrium.json.gz"
+WBM = data_path("wbm_random_pbe_equilibrium.json.gz")
 
 
 def supercell(kind: str, n_atoms: int):

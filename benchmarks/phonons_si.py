@@ -284,7 +284,7 @@ def markdown(record: dict) -> str:
         "The 'a = 5.431 Å' rows use the measured lattice constant without relaxation (forces vanish by "
         "symmetry; the cell is under the model's stress). The upstream row runs the `chgnet` package's own ASE "
         "calculator (float32) through the same workflow on our relaxed r2SCAN cell, as a check of the plumbing. "
-        "The workflow is also checked against phonopy run by hand and against finite differences of the "
+        "The workflow is also checked against phonopy driven directly and against finite differences of the "
         "energy in `tests/test_phonons.py`.\n\n"
         "![Si band structure](si_band_structure.png)\n"
     )
@@ -306,7 +306,7 @@ def markdown(record: dict) -> str:
             "The harmonic frequencies of these weights depend strongly on the finite displacement. "
             "Same relaxed cells and supercells as above, only the displacement changed:\n\n" + t +
             "\nΓ optical frequency (THz) from the 2-atom primitive cell alone (atoms moved by ±u/2, central "
-            "differences; no phonopy), against the lattice constant. A check by hand during development (not "
+            "differences; no phonopy), against the lattice constant. A check during development (not "
             "re-run by this script): the upstream `chgnet` model converted to float64 gives the same self force "
             "constant, to 4 decimals in eV/Å², for single-atom displacements of 0.0005 to 0.01 Å at both relaxed "
             "lattice constants, so this is a property of the weights, not of this package:\n\n" + scan +

@@ -31,8 +31,10 @@ from ase.build import bulk
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from crossfunctional.data import data_path
+
 ROOT = Path(__file__).resolve().parents[1]
-WBM = ROOT.parent / "shared" / "data" / "wbm_random_pbe_equilibrium.json.gz"
+WBM = data_path("wbm_random_pbe_equilibrium.json.gz")
 UPSTREAM_NAME = {"chgnet-r2scan": "r2scan", "chgnet-0.3.0": "0.3.0"}
 
 

@@ -1,7 +1,7 @@
 """Correlation of GGA and r2SCAN energies on compounds, before and after AtomRef
 referencing (Huang et al. 2025, Fig. 2b, on real structures).
 
-Labels: the shipped r2SCAN CHGNet on WBM crystals from ``../shared/data``,
+Labels: the shipped r2SCAN CHGNet on the shipped WBM crystals (``crossfunctional.data``),
 each perturbed (rattle 0.05 Å, symmetric strain up to ±2 %). Source: the
 GGA/GGA+U CHGNet 0.3.0 on the same structures. Pearson ρ of energy per atom:
 
@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from crossfunctional.data import data_path
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "wbm_random_pbe_equilibrium.json.gz"
+DATA = data_path("wbm_random_pbe_equilibrium.json.gz")
 RESULTS = REPO / "benchmarks" / "results" / "transfer"
 
 

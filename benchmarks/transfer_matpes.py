@@ -1,7 +1,7 @@
 """Per-element GGA -> r2SCAN energy shifts and model offsets on MatPES (real DFT).
 
 Data: the 89 MatPES elemental ground-state crystals computed with PBE and
-with r2SCAN (``../shared/data``); 63 elements are on the identical structure
+with r2SCAN (shipped in ``crossfunctional.data``); 63 elements are on the identical structure
 in both files.
 
 1. Per-element shift E_r2SCAN/N - E_PBE/N on the 63 identical structures,
@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from crossfunctional.data import data_path
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results" / "transfer"
 
 
@@ -92,8 +93,8 @@ def main() -> int:
     from crossfunctional.models.loading import ELEMENTS
     from crossfunctional.transfer import fit_atomref, get_atomref, read_json, rereference
 
-    raw = {f: json.load(gzip.open(DATA / f"matpes_{f}_element_refs.json.gz", "rt")) for f in ("pbe", "r2scan")}
-    recs = {f: {r.material_id: r for r in read_json(DATA / f"matpes_{f}_element_refs.json.gz")} for f in raw}
+    raw = {f: json.load(gzip.open(data_path(f"matpes_{f}_element_refs.json.gz"), "rt")) for f in ("pbe", "r2scan")}
+    recs = {f: {r.material_id: r for r in read_json(data_path(f"matpes_{f}_element_refs.json.gz"))} for f in raw}
     elements = sorted(raw["r2scan"], key=ELEMENTS.index)
 
     def same_structure(el: str) -> bool:

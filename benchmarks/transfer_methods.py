@@ -1,7 +1,7 @@
 """The four transfer methods of Huang et al. 2025 (Table 1) on real structures.
 
 Labels: the shipped r2SCAN CHGNet (``chgnet-r2scan``) on the 972 WBM
-structures of ``../shared/data``, each perturbed (Gaussian rattle 0.05 Å,
+shipped structures (``crossfunctional.data``), each perturbed (Gaussian rattle 0.05 Å,
 random symmetric strain up to ±2 %) so that forces and stresses are non-zero:
 energy, forces, stress and magmoms. Source: the GGA/GGA+U CHGNet 0.3.0.
 Split by material id 80/10/10 (seed 0); all four methods see the same split
@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from crossfunctional.data import data_path
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "wbm_random_pbe_equilibrium.json.gz"
+DATA = data_path("wbm_random_pbe_equilibrium.json.gz")
 RESULTS = REPO / "benchmarks" / "results" / "transfer"
 ORDER = ("scratch", "trainable-atomref", "frozen-atomref", "refit-atomref")
 

@@ -52,7 +52,7 @@ def main() -> int:
 
     from crossfunctional.io import atomic_write
     from crossfunctional.transfer import evaluate, split_records
-    from crossfunctional.transfer.finetune import fit_power_law, scaling_law
+    from crossfunctional.transfer.scaling import fit_power_law, scaling_law
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def forces_and_virial(
     edge_index: torch.Tensor, edge_vectors: torch.Tensor, grad: torch.Tensor, num_nodes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forces and virial from g = dE/d(edge_vectors) (``DESIGN.md``).
+    """Forces and virial from g = dE/d(edge_vectors) (``docs/design.md``).
 
     Args:
         edge_index: [2, E] int64, edges i -> j.
@@ -41,7 +41,7 @@ def forces_and_virial(
     return forces, virial
 
 
-def compiled(model: torch.nn.Module) -> torch.nn.Module:
+def scripted(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` as TorchScript, for evaluation under
     ``torch.jit.optimized_execution(False)``: the graph executor then runs the
     same kernels as the eager module (same numbers, no re-specialisation per
@@ -90,7 +90,7 @@ class CompiledRunner:
     Args:
         model: an eager :class:`crossfunctional.models.CHGNet` (not a
             TorchScript module: ``torch.compile`` needs the Python code).
-        script: the TorchScript version of ``model`` (:func:`compiled`).
+        script: the TorchScript version of ``model`` (:func:`scripted`).
 
     Raises:
         ValueError: ``model`` is a TorchScript module.
@@ -249,7 +249,7 @@ class CrossFunctionalCalculator(Calculator):
     ``dispersion_energy`` (eV) holds its share of the energy.
 
     ``model`` is the module as loaded; ``runner`` the one evaluated: a model
-    the calculator loads itself runs as TorchScript (:func:`compiled`), or
+    the calculator loads itself runs as TorchScript (:func:`scripted`), or
     with ``compile=True`` as a :class:`CompiledRunner`; a module passed in
     runs as it is (or compiled, with ``compile=True``).
 
@@ -286,10 +286,10 @@ class CrossFunctionalCalculator(Calculator):
             if task is not None:
                 raise ModelError("task= selects the channel of a multi-task model file; a loaded module has one task already")
             self.model = model
-            self.runner = CompiledRunner(model, compiled(model)) if compile else model
+            self.runner = CompiledRunner(model, scripted(model)) if compile else model
         else:
             self.model = load_model(model, device=device, dtype=dtype, task=task)
-            script = compiled(self.model)
+            script = scripted(self.model)
             script.recompute_threshold = int(recompute_threshold)
             self.runner = CompiledRunner(self.model, script) if compile else script
         param = next(iter(self.model.parameters()))
@@ -300,6 +300,17 @@ class CrossFunctionalCalculator(Calculator):
         self.dispersion = dispersion_for_model(dispersion, dispersion_functional, self.metadata)
         if retain_memory and self.device.type == "cpu":
             retain_freed_memory()
+
+    def predict_batch(self, structures: Sequence[Atoms], max_edges: int = 200_000) -> list[dict[str, np.ndarray | float]]:
+        """Evaluate many independent structures with this calculator's model as
+        batched graphs (:func:`predict_batch`), its dispersion correction (if
+        any) added structure by structure; the calculator's own results and
+        atoms are left as they are."""
+        results = predict_batch(structures, self.runner, max_edges=max_edges)
+        if self.dispersion is not None:
+            for atoms, res in zip(structures, results):
+                self.dispersion.add_to(res, atoms)
+        return results
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -343,12 +354,12 @@ def predict_batch(
 
     Args:
         structures: ASE Atoms, any mix of sizes and periodicities.
-        model: a model name or file, a loaded module, or a
-            :class:`CrossFunctionalCalculator` whose model is reused.
-        device, dtype: as for the calculator (ignored when a module or
-            calculator is passed).
-        A calculator's dispersion correction (``dispersion=``) is added to
-        each structure's results, structure by structure.
+        model: a model name or file, or a loaded model or runner (a module
+            with the forward contract of :class:`~crossfunctional.models.CHGNet`,
+            e.g. a calculator's ``runner``); an object with its own
+            ``predict_batch`` (a :class:`CrossFunctionalCalculator`) is asked
+            to evaluate the batch itself.
+        device, dtype: for a model loaded here (ignored otherwise).
         max_edges: upper bound on directed edges per packed graph.
 
     Returns:
@@ -360,12 +371,9 @@ def predict_batch(
     Raises:
         StructureError: as the calculator, naming the index of the structure.
     """
-    if isinstance(model, CrossFunctionalCalculator):
-        module = model.runner
-    elif isinstance(model, torch.nn.Module):
-        module = model
-    else:
-        module = compiled(load_model(model, device=device, dtype=dtype))
+    if hasattr(model, "predict_batch") and not isinstance(model, torch.nn.Module):  # a calculator: its own batch path
+        return model.predict_batch(structures, max_edges=max_edges)
+    module = model if isinstance(model, torch.nn.Module) else scripted(load_model(model, device=device, dtype=dtype))
     param = next(iter(module.parameters()))
     cutoff = float(module.atom_graph_cutoff)
     edges = []
@@ -374,6 +382,9 @@ def predict_batch(
             edges.append(neighbor_list(atoms, cutoff))
         except StructureError as exc:
             raise StructureError(f"structure {k}: {exc}") from None
+        isolated = len(atoms) - np.unique(edges[-1].edge_index[0]).size
+        if isolated:
+            log.warning("structure %d: %d atom(s) have no neighbour within %.1f Å", k, isolated, cutoff)
     results: list[dict[str, np.ndarray | float]] = []
     start = 0
     while start < len(edges):
@@ -383,10 +394,6 @@ def predict_batch(
             stop += 1
         results.extend(_evaluate_packed(module, structures[start:stop], edges[start:stop], param.device, param.dtype))
         start = stop
-    dispersion = getattr(model, "dispersion", None)
-    if dispersion is not None:
-        for atoms, res in zip(structures, results):
-            dispersion.add_to(res, atoms)
     return results
 
 

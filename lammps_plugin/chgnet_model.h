@@ -15,7 +15,7 @@
 
 namespace crossfunctional {
 
-// Directed edges of the model contract (DESIGN.md): edge k goes from node
+// Directed edges of the model contract (docs/design.md): edge k goes from node
 // src[k] to node dst[k] with integer image shift shift[3k..3k+2] and vector
 // vec[3k..3k+2] = r_dst + S . cell - r_src (Angstrom). Every edge's reverse
 // (dst, src, -S) is present.

@@ -23,7 +23,7 @@
    (pack/unpack_reverse_comm). Ghost-ghost edges are kept only below the
    short-bond cutoff: ghost atoms need correct bonds and angles (recomputed
    redundantly in the halo), their own atom convolutions are overwritten at
-   the next exchange. See MPI_DESIGN.md and README.md.
+   the next exchange. See docs/design.md (section 2) and README.md.
 
    Forces F_i = sum_j g_ij - sum_j g_ji and virial W = -sum r_ij (x) g_ij
    over this rank's edges, with g = dE/d(edge vectors); LAMMPS sums W over
@@ -70,7 +70,7 @@ static const char cite_chgnet[] =
 static const double MIN_DISTANCE = 0.5;    // Angstrom, as the ASE calculator
 
 // F_i += g_ij and F_j -= g_ij for every edge i -> j, g = dE/d(edge vector)
-// [3 * E] (DESIGN.md); i and j are LAMMPS atom indices (owners or ghosts)
+// [3 * E] (docs/design.md); i and j are LAMMPS atom indices (owners or ghosts)
 static void add_edge_forces(double **f, const std::vector<int> &edge_i, const std::vector<int> &edge_j,
                             const std::vector<double> &g)
 {
@@ -108,7 +108,7 @@ class CommExchange : public crossfunctional::FeatureExchange {
 
 PairCHGNet::PairCHGNet(LAMMPS *lmp) :
     Pair(lmp), graph(new crossfunctional::GraphInput), result(new crossfunctional::GraphOutput),
-    cutoff(0.0), nthreads(0), parallel_keyword(AUTO), mode(SERIAL), cutghost_set(0.0), report_graph(false),
+    cutoff(0.0), nthreads(0), parallel_keyword(AUTO), mass_check(MASS_ERROR), mode(SERIAL), cutghost_set(0.0), report_graph(false),
     comm_rows(nullptr), comm_width(0), magmom(nullptr), nmax_magmom(0)
 {
   if (lmp->citeme) lmp->citeme->add(cite_chgnet);
@@ -168,17 +168,39 @@ void PairCHGNet::check_environment(const char *where)
                               [parallel auto|serial|exchange|shell]
 ------------------------------------------------------------------------- */
 
+namespace {
+// standard atomic weights (IUPAC, amu) of Z = 1..94, to check the masses of the
+// atom types against the elements that pair_coeff maps them to
+const double STANDARD_MASS[94] = {
+    1.008, 4.0026, 6.94, 9.0122, 10.81, 12.011, 14.007, 15.999, 18.998, 20.180,
+    22.990, 24.305, 26.982, 28.085, 30.974, 32.06, 35.45, 39.948, 39.098, 40.078,
+    44.956, 47.867, 50.942, 51.996, 54.938, 55.845, 58.933, 58.693, 63.546, 65.38,
+    69.723, 72.630, 74.922, 78.971, 79.904, 83.798, 85.468, 87.62, 88.906, 91.224,
+    92.906, 95.95, 97.907, 101.07, 102.91, 106.42, 107.87, 112.41, 114.82, 118.71,
+    121.76, 127.60, 126.90, 131.29, 132.91, 137.33, 138.91, 140.12, 140.91, 144.24,
+    144.91, 150.36, 151.96, 157.25, 158.93, 162.50, 164.93, 167.26, 168.93, 173.05,
+    174.97, 178.49, 180.95, 183.84, 186.21, 190.23, 192.22, 195.08, 196.97, 200.59,
+    204.38, 207.2, 208.98, 208.98, 209.99, 222.02, 223.02, 226.03, 227.03, 232.04,
+    231.04, 238.03, 237.05, 244.06};
+// a type's mass may be rounded (e.g. 28 for Si) but not be another element's
+constexpr double MASS_TOLERANCE = 0.6;
+}    // namespace
+
+/* ---------------------------------------------------------------------- */
+
 void PairCHGNet::settings(int narg, char **arg)
 {
   check_environment("pair_style chgnet");
   if (narg < 1)
     error->all(FLERR,
                "Illegal pair_style chgnet command: expected 'pair_style chgnet <model.pt> "
-               "[threads N] [device cpu|cuda] [parallel auto|serial|exchange|shell]'");
+               "[threads N] [device cpu|cuda] [parallel auto|serial|exchange|shell] "
+               "[check_masses yes|warn|no]'");
   std::string file = arg[0];
   std::string device = "cpu";
   int threads = 0;
   int parallel = AUTO;
+  int masses = MASS_ERROR;
   for (int iarg = 1; iarg < narg; iarg += 2) {
     const std::string key = arg[iarg];
     if (iarg + 1 >= narg)
@@ -200,10 +222,23 @@ void PairCHGNet::settings(int narg, char **arg)
                    "Illegal pair_style chgnet command: parallel '{}' unknown (known: auto, "
                    "serial, exchange, shell)",
                    value);
+    } else if (key == "check_masses") {
+      const std::string value = arg[iarg + 1];
+      if (value == "yes")
+        masses = MASS_ERROR;
+      else if (value == "warn")
+        masses = MASS_WARN;
+      else if (value == "no")
+        masses = MASS_IGNORE;
+      else
+        error->all(FLERR,
+                   "Illegal pair_style chgnet command: check_masses '{}' unknown (known: yes, "
+                   "warn, no)",
+                   value);
     } else {
       error->all(FLERR,
                  "Illegal pair_style chgnet command: unknown keyword '{}' (known: threads, "
-                 "device, parallel)",
+                 "device, parallel, check_masses)",
                  key);
     }
   }
@@ -222,6 +257,7 @@ void PairCHGNet::settings(int narg, char **arg)
   nthreads = crossfunctional::TorchModel::num_threads();
   model_file = file;
   parallel_keyword = parallel;
+  mass_check = masses;
   cutoff = model->cutoff();
   // one row of atom features per atom in the exchange
   comm_forward = comm_reverse = static_cast<int>(model->feature_width());
@@ -311,6 +347,32 @@ void PairCHGNet::coeff(int narg, char **arg)
     error->all(FLERR, "pair_coeff for chgnet: every atom type is NULL, nothing to compute");
 }
 
+/* ----------------------------------------------------------------------
+   the mass of every mapped type must be its element's (within MASS_TOLERANCE):
+   a pair_coeff line in another order than the data file's types swaps the
+   elements silently otherwise
+------------------------------------------------------------------------- */
+
+void PairCHGNet::check_masses()
+{
+  if (mass_check == MASS_IGNORE || atom->mass == nullptr || atom->mass_setflag == nullptr) return;
+  for (int t = 1; t <= atom->ntypes; t++) {
+    const int z = type_z[t];
+    if (z <= 0 || z > 94 || !atom->mass_setflag[t]) continue;
+    const double expected = STANDARD_MASS[z - 1];
+    if (std::fabs(atom->mass[t] - expected) <= MASS_TOLERANCE) continue;
+    const std::string message = fmt::format(
+        "pair_style chgnet: atom type {} is mapped to {} by pair_coeff, but its mass is {:g} amu, "
+        "not {}'s {:g} amu: check the order of the elements in pair_coeff against the types "
+        "(add 'check_masses warn' or 'check_masses no' to pair_style for isotopes or scaled masses)",
+        t, elements[z - 1], atom->mass[t], elements[z - 1], expected);
+    if (mass_check == MASS_ERROR)
+      error->all(FLERR, message);
+    else
+      error->warning(FLERR, message);
+  }
+}
+
 /* ---------------------------------------------------------------------- */
 
 void PairCHGNet::init_style()
@@ -319,6 +381,7 @@ void PairCHGNet::init_style()
   if (!model) error->all(FLERR, "pair_style chgnet: no model loaded");
   if (atom->tag_enable == 0)
     error->all(FLERR, "pair_style chgnet requires atom IDs (atom_modify id yes)");
+  check_masses();
 
   mode = parallel_keyword;
   if (mode == AUTO) mode = comm->nprocs > 1 ? EXCHANGE : SERIAL;

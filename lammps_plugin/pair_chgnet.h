@@ -8,7 +8,7 @@
    serial (default on one MPI rank): ghost atoms are folded onto their
    owners by atom ID, so the graph nodes are the local atoms and every edge
    carries the integer image shift of its neighbour, exactly the model
-   contract of DESIGN.md.
+   contract of docs/design.md.
 
    exchange (default on more ranks): the graph is unfolded (nodes = local +
    ghost atoms, shifts zero); the model runs segment by segment and the
@@ -66,9 +66,12 @@ class PairCHGNet : public Pair {
   void build_unfolded_graph();
   void compute_unfolded();
   double ghost_cutoff_needed() const;
+  void check_masses();
 
   enum { AUTO, SERIAL, EXCHANGE, SHELL };
   int parallel_keyword;    // what pair_style asked for
+  enum { MASS_ERROR, MASS_WARN, MASS_IGNORE };
+  int mass_check;          // check_masses yes|warn|no
   int mode;                // what this run does (AUTO resolved in init_style)
   double cutghost_set;     // the comm cutoff this style set (0 = none)
   bool report_graph;       // log the graph sizes at the next compute

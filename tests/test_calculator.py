@@ -391,3 +391,18 @@ def test_compile_needs_python_model(tmp_path, our_models):
     path = export(our_models[("chgnet-r2scan", "float32")], tmp_path / "m.pt")
     with pytest.raises(ValueError, match="TorchScript"):
         CrossFunctionalCalculator(str(path), compile=True)
+
+
+def test_predict_batch_takes_a_runner_and_warns_about_isolated_atoms(caplog):
+    from crossfunctional.calculators import predict_batch
+
+    calc = CrossFunctionalCalculator(model="chgnet-r2scan")
+    lonely = Atoms("Si", positions=[[0, 0, 0]], cell=[15, 15, 15], pbc=True)
+    si = bulk("Si", "diamond", a=5.43)
+    with caplog.at_level("WARNING"):
+        via_runner = predict_batch([si, lonely], calc.runner)
+    assert "structure 1: 1 atom(s) have no neighbour within 6.0 Å" in caplog.text
+    via_method = calc.predict_batch([si, lonely])
+    si.calc = calc
+    assert via_runner[0]["energy"] == pytest.approx(si.get_potential_energy(), abs=1e-5)
+    assert via_method[0]["energy"] == pytest.approx(via_runner[0]["energy"], abs=1e-6)

@@ -111,3 +111,44 @@ def test_bad_files_and_models(tmp_path):
     assert proc.returncode == 2 and "unknown model 'no-such-model'" in proc.stderr
     proc = run_cli("export", "no-such-model", "-o", str(tmp_path / "x.pt"))
     assert proc.returncode == 2 and not (tmp_path / "x.pt").exists()
+
+
+def test_version():
+    from crossfunctional import __version__
+
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"crossfunctional {__version__}"
+
+
+def test_predict_output_by_suffix(tmp_path, r2scan_calc):
+    from ase.io import read
+
+    si = bulk("Si", "diamond", a=5.43)
+    si.rattle(0.05, seed=1)
+    mgo = bulk("MgO", "rocksalt", a=4.2)
+    src = tmp_path / "in.extxyz"
+    write(src, [si, mgo])
+    assert main(["predict", str(src), "-o", str(tmp_path / "out.extxyz")]) == 0
+    frames = read(tmp_path / "out.extxyz", index=":")
+    assert len(frames) == 2
+    for frame, atoms in zip(frames, (si, mgo)):
+        atoms = atoms.copy()
+        atoms.calc = r2scan_calc
+        assert frame.get_potential_energy() == pytest.approx(atoms.get_potential_energy(), abs=1e-5)
+        assert np.abs(frame.get_forces() - atoms.get_forces()).max() < 1e-5
+        assert np.abs(frame.get_stress() - atoms.get_stress()).max() < 5e-6  # eV/Å³, float32 batched vs single
+    assert main(["predict", str(src), "-o", str(tmp_path / "out.json")]) == 0
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert [f["frame"] for f in data["frames"]] == [0, 1]
+    proc = run_cli("predict", str(src), "-o", str(tmp_path / "out.txt"))
+    assert proc.returncode == 2 and "unknown suffix '.txt'" in proc.stderr and not (tmp_path / "out.txt").exists()
+
+
+@pytest.mark.parametrize("device", ["foo", "gpu", "mps", "meta"])
+def test_bad_device_one_line(tmp_path, device):
+    src = tmp_path / "si.extxyz"
+    write(src, bulk("Si", "diamond", a=5.43))
+    proc = run_cli("predict", str(src), "--device", device)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1
+    assert f"device '{device}' is not supported; choose cpu, cuda or cuda:N" in lines[0]

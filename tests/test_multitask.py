@@ -1,7 +1,7 @@
-"""Multi-task CHGNet (issue 7): upgrade, folding, export, training, resume, errors.
+"""Multi-task CHGNet: upgrade, folding, export, training, resume, errors.
 
 Labels come from the shipped models on perturbed WBM structures
-(``../shared/data``): task "pbe" from chgnet-0.3.0, task "r2scan" from
+(shipped in ``crossfunctional.data``): task "pbe" from chgnet-0.3.0, task "r2scan" from
 chgnet-r2scan. Units: energy eV/atom, forces eV/Å, stress GPa, magmoms μB.
 """
 
@@ -11,7 +11,6 @@ import csv
 import gzip
 import json
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,10 @@ from ase import units
 
 from crossfunctional.calculators import CrossFunctionalCalculator
 from crossfunctional.cli import main as cli_main
+from crossfunctional.data import data_path
 from crossfunctional.models import ModelError, load_model, model_metadata
-from crossfunctional.transfer.data import TransferDataError, label_with_model, perturb, read_extxyz, write_extxyz
+from crossfunctional.transfer.data import TransferDataError, read_extxyz, write_extxyz
+from crossfunctional.transfer.labels import label_with_model, perturb
 from crossfunctional.transfer.finetune import load_upstream
 from crossfunctional.transfer.multitask import (
     MultiTaskCHGNet,
@@ -32,8 +33,7 @@ from crossfunctional.transfer.multitask import (
 )
 
 torch.set_num_threads(1)  # many tiny kernels: one thread is faster on a shared 2-core box
-WBM = Path(__file__).resolve().parents[2] / "shared" / "data" / "wbm_random_pbe_equilibrium.json.gz"
-pytestmark = pytest.mark.skipif(not WBM.exists(), reason=f"shared data not found: {WBM}")
+WBM = data_path("wbm_random_pbe_equilibrium.json.gz")
 
 
 @lru_cache(maxsize=1)
@@ -136,7 +136,7 @@ def test_folded_task_matches_multitask_model_in_float64(upstream, tmp_path):
     assert abs(atoms.get_potential_energy() / len(atoms) - ref["e"][0]) < 1e-6
     assert np.abs(atoms.get_forces() - ref["f"][0]).max() < 1e-6
 
-    # folding by hand: biases land in the first layers, AtomRef in the composition model
+    # folding written out: biases land in the first layers, AtomRef in the composition model
     folded = fold_task(torch.load(path, weights_only=True), "r2scan")
     sd = folded["state_dict"]
     h = 64

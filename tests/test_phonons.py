@@ -1,6 +1,7 @@
 """Phonon workflow (crossfunctional.workflows.phonons): geometry helpers, forces
-against finite differences, force constants against phonopy run by hand,
-acoustic sum rule, Dulong–Petit, imaginary modes, NAC, files, CLI, errors.
+against finite differences, force constants against phonopy driven directly,
+batched force evaluation and the memory guard, acoustic sum rule, Dulong–Petit,
+imaginary modes, NAC, files, CLI, errors.
 
 Small supercells and coarse meshes keep this under a minute on 2 CPU cores;
 the converged silicon numbers live in benchmarks/results/phonons/.
@@ -22,6 +23,7 @@ from crossfunctional.calculators import CrossFunctionalCalculator  # noqa: E402
 from crossfunctional.workflows.phonons import (  # noqa: E402
     PhononError,
     evaluate_forces,
+    memory_estimate,
     mesh_for_length,
     perpendicular_widths,
     phonons,
@@ -172,6 +174,63 @@ def test_force_constants_match_phonopy_by_hand(si, calc):
     q = [[0, 0, 0], [0.5, 0, 0.5], [0.5, 0.5, 0.5]]
     ph.run_qpoints(q)
     np.testing.assert_allclose(si.frequencies(q), ph.qpoints.frequencies, atol=1e-6)  # sqrt of ~1e-14 noise at Γ
+
+
+class BatchingCalculator(CrossFunctionalCalculator):
+    """Our calculator's ``predict_batch`` (batched graphs), recording how many
+    frames each call gets."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+
+    def predict_batch(self, frames, **kwargs):
+        self.batches.append(len(frames))
+        return super().predict_batch(frames, **kwargs)
+
+
+def test_memory_estimate_counts_the_batch():
+    """Rocksalt MgO (a = 4.21 Å) has 6+12+8+6+24+24+12 = 92 neighbours within 6 Å
+    (shells at sqrt(n)·a/2, n = 1..6, 8); the 2x2x2 supercell has 16 atoms."""
+    mgo = bulk("MgO", "rocksalt", 4.21)
+    fc = 2 * 9 * 8 * 16**2  # phonopy's [16, 16, 3, 3] float64 force constants and a copy
+    per_supercell = 16 * 92 * 60_000
+    assert memory_estimate(mgo, 8, None) == fc
+    assert memory_estimate(mgo, 8, 6.0, batch=0) == fc
+    assert memory_estimate(mgo, 8, 6.0) == pytest.approx(fc + per_supercell, rel=1e-12)
+    assert memory_estimate(mgo, 8, 6.0, batch=3) == pytest.approx(fc + 3 * per_supercell, rel=1e-12)
+
+
+def test_batched_evaluation_and_memory_guard(calc):
+    """A calculator with predict_batch gets the displaced supercells in batches
+    sized by batch_size and the memory limit (88.3 MB per 16-atom MgO supercell,
+    see above); the forces equal those of ASE's get_forces, one supercell at a time."""
+    mgo = bulk("MgO", "rocksalt", 4.21)
+    kwargs = dict(relax=False, supercell_matrix=2, is_plusminus=True, mesh_length=5.0, band_npoints=3, t_max=100,
+                  progress=False)
+    batching = BatchingCalculator("chgnet-r2scan", dtype="float64")
+    first = None
+    for max_gb, batch_size, batches in ((100.0, 3, [3, 1]), (0.2, 8, [2, 2]), (0.17, 8, [1, 1, 1, 1])):
+        batching.batches.clear()
+        r = phonons(mgo, calculator=batching, max_memory_gb=max_gb, batch_size=batch_size, **kwargs)
+        assert batching.batches == batches, (max_gb, batch_size)
+        if first is None:
+            first = r
+            one_by_one = []
+            for sc in r.phonopy.supercells_with_displacements:
+                atoms = _to_ase(sc)
+                atoms.calc = calc
+                one_by_one.append(atoms.get_forces())
+            assert len(one_by_one) == 4 and np.abs(one_by_one).max() > 0.01  # real forces
+        np.testing.assert_allclose(r.forces, one_by_one, atol=1e-10)
+        np.testing.assert_allclose(r.phonopy.force_constants, first.phonopy.force_constants, atol=1e-10)
+    batching.batches.clear()
+    too_small = r"16-atom supercell needs about 0\.0884 GB of memory, more than the 0\.08 GB allowed"
+    with pytest.raises(PhononError, match=too_small):
+        phonons(mgo, calculator=batching, max_memory_gb=0.08, **kwargs)
+    assert batching.batches == []
+    with pytest.raises(PhononError, match="batch_size"):
+        phonons(mgo, calculator=batching, batch_size=0, **kwargs)
 
 
 def test_si_summary_acoustic_modes_and_frequencies(si):
@@ -352,6 +411,30 @@ def test_cli_phonons(tmp_path, capsys):
     write(xyz, molecule("H2O"))
     assert main(["phonons", str(xyz), "-o", str(tmp_path / "w")]) == 2
     assert "no cell" in capsys.readouterr().err
+
+
+def test_cli_register_on_a_bare_parser():
+    """crossfunctional.cli.phonons.register adds the command to any argparse
+    sub-parser set, with the workflow's defaults."""
+    import argparse
+    import inspect
+
+    from crossfunctional.cli.phonons import cmd_phonons, register
+
+    parser = argparse.ArgumentParser(prog="test")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["phonons", "Si.cif", "--supercell", "2", "2", "1", "--born", "BORN", "--no-relax"])
+    assert args.func is cmd_phonons and args.structure == "Si.cif" and args.output == "phonons"
+    assert args.supercell == [2, 2, 1] and args.born == "BORN" and args.no_relax
+    defaults = {k: v.default for k, v in inspect.signature(phonons).parameters.items()}
+    for option, name in (
+        ("supercell_min_length", "supercell_min_length"), ("displacement", "displacement"), ("fmax", "fmax"),
+        ("relax_steps", "relax_steps"), ("mesh_length", "mesh_length"), ("band_points", "band_npoints"),
+        ("tmax", "t_max"), ("tstep", "t_step"), ("imaginary_threshold", "imaginary_threshold"),
+        ("max_atoms", "max_atoms"), ("max_memory_gb", "max_memory_gb"), ("symprec", "symprec"),
+        ("model", "model"), ("device", "device"),
+    ):
+        assert getattr(args, option) == defaults[name], option
 
 
 def test_missing_optional_dependency_is_a_clear_error(calc, monkeypatch):

@@ -2,7 +2,7 @@
 refit (Eq. 2) and re-referencing (Eq. 3), correlation, fine-tuning with
 chgnet's Trainer, scaling-law fits, and errors on bad input.
 
-Real data only (``../shared/data``: MatPES element references, WBM crystals;
+Real data only (shipped in ``crossfunctional.data``: MatPES element references, WBM crystals;
 ASE's bundled VASP outputs). Expected numbers are derived inside the tests
 (independent formulas, symmetry, another reader), never pasted in.
 """
@@ -19,6 +19,7 @@ import pytest
 import torch
 from ase import units
 
+from crossfunctional.data import data_path
 from crossfunctional.models.loading import ELEMENTS
 from crossfunctional.transfer import (
     KBAR_TO_EV_PER_A3,
@@ -49,13 +50,9 @@ from crossfunctional.transfer import (
     write_extxyz,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MATPES = {f: DATA / f"matpes_{f}_element_refs.json.gz" for f in ("pbe", "r2scan")}
-WBM = DATA / "wbm_random_pbe_equilibrium.json.gz"
+MATPES = {f: data_path(f"matpes_{f}_element_refs.json.gz") for f in ("pbe", "r2scan")}
+WBM = data_path("wbm_random_pbe_equilibrium.json.gz")
 ASE_VASP = Path(__import__("ase").__file__).parent / "test" / "testdata" / "vasp"
-
-needs_data = pytest.mark.skipif(not WBM.exists() or not MATPES["pbe"].exists(), reason="shared data not found")
-pytestmark = needs_data
 
 #: a 12-element chemistry with 25 small WBM crystals, so that a tiny training set determines its AtomRef fully
 SMALL_CHEMISTRY = {"Ca", "Co", "Cu", "Mg", "Pb", "Pt", "Ru", "Si", "Sn", "Sr", "Tm", "Zn"}

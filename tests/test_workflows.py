@@ -277,7 +277,7 @@ def test_density_benchmark_two_solids_writes_outputs(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "density_benchmark.csv",
         "density_benchmark.json",
-        "density_parity.png",
+        "density_errors.png",
     ]
     data = json.loads(paths["json"].read_text())
     assert set(data["summary"]) == {*models, "pbe"}

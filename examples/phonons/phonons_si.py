@@ -9,7 +9,7 @@ cores. The same from the command line::
 
     crossfunctional phonons Si.cif --supercell-min-length 15 -o si_phonons/
 
-Usage: ``python examples/phonons/phonons_si.py [--model chgnet-0.3.0] [--output DIR]``
+Usage: ``python examples/phonons/phonons_si.py [--model chgnet-0.3.0] [--supercell-min-length 15] [--output DIR]``
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from crossfunctional.workflows.phonons import phonons
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="chgnet-r2scan")
+    parser.add_argument("--supercell-min-length", type=float, default=15.0, help="Å")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "si"))
     args = parser.parse_args()
 
     si = bulk("Si", "diamond", a=5.431)  # primitive cell at the measured lattice constant; relaxed below
-    result = phonons(si, model=args.model)
+    result = phonons(si, model=args.model, supercell_min_length=args.supercell_min_length)
     print(result.summary.text())
 
     # phonopy as usual: frequencies (THz) at Γ, X, L

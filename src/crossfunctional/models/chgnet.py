@@ -6,7 +6,7 @@ atomistic modelling", Nat. Mach. Intell. 5, 1031 (2023). The r2SCAN weights
 come from X. Huang et al., "Cross-functional transferability in universal
 machine learning interatomic potentials", npj Comput. Mater. (2025).
 
-The module follows the model contract of ``DESIGN.md``: it takes atomic
+The module follows the model contract of ``docs/design.md``: it takes atomic
 numbers and a directed neighbour list (both directions of every pair present,
 with integer image shifts and edge vectors ``r_ij = r_j + S_ij . cell - r_i``)
 and never sees a cell. Everything that depends on geometry (undirected bonds,
@@ -286,7 +286,7 @@ class InteractionBlock(nn.Module):
     """One CHGNet interaction block: atom convolution, then bond convolution and
     angle update on the short-bond graph. The state (atom, bond, angle
     features) goes in and out explicitly, so that an engine can exchange ghost
-    atom features between blocks (``MPI_DESIGN.md``).
+    atom features between blocks (``docs/design.md``, section 2).
 
     With ``update_angles=False`` (CHGNet's last block, whose angle features
     nothing reads) the angle update is skipped and the angle features come out
@@ -566,7 +566,7 @@ class CHGNet(nn.Module):
 
     # ----------------------------------------------------------------- segments
     # The forward pass, cut where a domain-decomposed engine exchanges ghost
-    # atom features (MPI_DESIGN.md, "B-halo"): after the atom convolution of
+    # atom features (docs/design.md, section 2): after the atom convolution of
     # every interaction block, before the bond and angle update that reads the
     # atom features of both bond ends. The state (atom_feas [N, F], bond_feas
     # [B, F], angle_feas [A, F]) and the bond weights (w_ag [B, F], w_bg [S, F])

@@ -1,8 +1,6 @@
 """Model registry, weight loading from ``chgnet`` checkpoints, TorchScript export.
 
-Checkpoints are untrusted input: they are read with
-``torch.load(..., weights_only=True)``, so a file cannot run code on load;
-anything that would need full unpickling is refused with a clear error.
+Every model file is read by :mod:`crossfunctional.models.checkpoints`.
 """
 
 from __future__ import annotations
@@ -15,8 +13,8 @@ from typing import Any
 
 import torch
 
-from crossfunctional.errors import CrossFunctionalError
 from crossfunctional.io import atomic_path
+from crossfunctional.models.checkpoints import ModelError, is_torchscript, read_model_dict, read_torchscript
 from crossfunctional.models.chgnet import MAX_Z, CHGNet
 
 __all__ = ["MODELS", "ModelError", "available_models", "export", "load_model", "model_metadata"]
@@ -57,10 +55,6 @@ ELEMENTS = [
 assert len(ELEMENTS) == MAX_Z
 
 
-class ModelError(CrossFunctionalError, ValueError):
-    """A model name, checkpoint or exported file that cannot be used."""
-
-
 def available_models() -> dict[str, str]:
     """Registered model names and the functional each reproduces."""
     return {name: functional for name, (_, functional, _) in MODELS.items()}
@@ -70,36 +64,6 @@ def _chgnet_file(relative: str) -> Path:
     import chgnet
 
     return Path(chgnet.__file__).parent / relative
-
-
-def _read_checkpoint(path: Path, task: str | None = None) -> dict[str, Any]:
-    """The ``{"state_dict", "model_args"}`` model dict of a chgnet checkpoint;
-    for a multi-task checkpoint (:mod:`crossfunctional.transfer.multitask`)
-    that of ``task``, folded into a plain model."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelError(f"model file not found: {path}") from None
-    except Exception as exc:  # pickle.UnpicklingError and friends
-        raise ModelError(
-            f"cannot read {path} as a chgnet checkpoint with weights_only=True "
-            f"(files that need full unpickling are refused): {str(exc).splitlines()[0]}"
-        ) from None
-    if not isinstance(state, dict):
-        raise ModelError(f"{path} is not a chgnet checkpoint (a dict with a 'model' entry)")
-    if isinstance(state.get("multitask"), dict):
-        from crossfunctional.transfer.multitask import fold_task
-
-        if task is None:
-            tasks = ", ".join(map(str, state["multitask"].get("tasks", [])))
-            raise ModelError(f"{path} is a multi-task checkpoint (tasks: {tasks}); choose one with task=... (CLI: --task)")
-        return fold_task(state, task, where=str(path))
-    if task is not None:
-        raise ModelError(f"{path} is a single-task chgnet checkpoint; task={task!r} applies only to multi-task checkpoints")
-    model = state.get("model", state)
-    if not isinstance(model, dict) or "state_dict" not in model or "model_args" not in model:
-        raise ModelError(f"{path} is not a chgnet checkpoint: no 'model': {{'state_dict', 'model_args'}}")
-    return model
 
 
 def _check_args(args: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -224,7 +188,7 @@ def from_checkpoint(path: str | os.PathLike, name: str | None = None, task: str 
             available tasks), or given for a single-task one.
     """
     path = Path(path)
-    ckpt = _read_checkpoint(path, task)
+    ckpt = read_model_dict(path, task)
     kwargs = _check_args(dict(ckpt["model_args"]), path)
     model = CHGNet(**kwargs)
     new = convert_state_dict(ckpt["state_dict"], kwargs)
@@ -259,6 +223,31 @@ def model_metadata(model: torch.nn.Module) -> dict[str, Any]:
     return json.loads(model.metadata_json)
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device the models run on: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises:
+        ModelError: any other name (``"gpu"``, ``"mps"``, ``"meta"``, a typo),
+            a CUDA device on a machine without CUDA, or a CUDA index that does
+            not exist; the message names the valid choices.
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        text = str(device).strip().lower()
+        if text != "cpu" and not (text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit())):
+            raise ModelError(f"device {str(device)!r} is not supported; choose cpu, cuda or cuda:N")
+        dev = torch.device(text)
+    if dev.type not in ("cpu", "cuda"):
+        raise ModelError(f"device {str(dev)!r} is not supported; choose cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {str(dev)!r} requested but CUDA is not available on this machine; use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelError(f"device {str(dev)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     device: str | torch.device = "cpu",
@@ -280,9 +269,7 @@ def load_model(
             checkpoint without ``task``, an unknown task, or ``task`` for a
             single-task model.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {str(device)!r} requested but CUDA is not available on this machine")
+    device = resolve_device(device)
     key = str(name_or_path)
     if key in MODELS:
         if task is not None:
@@ -293,19 +280,8 @@ def load_model(
         if not path.exists():
             known = ", ".join(MODELS)
             raise ModelError(f"unknown model {key!r}: not a registered name ({known}) nor an existing file")
-        if _is_torchscript(path):
-            try:
-                model = torch.jit.load(str(path), map_location="cpu")
-            except Exception as exc:
-                raise ModelError(f"cannot load TorchScript model {path}: {str(exc).splitlines()[0]}") from None
-            if not hasattr(model, "metadata_json"):
-                raise ModelError(f"{path} is a TorchScript file but not a crossfunctional export (no metadata)")
-            own = json.loads(model.metadata_json).get("task")
-            if task is not None and task != own:
-                raise ModelError(
-                    f"{path} is an exported single-task model{f' (task {own!r})' if own else ''}; "
-                    f"task={task!r} applies only to multi-task checkpoints"
-                )
+        if is_torchscript(path):
+            model = read_torchscript(path, task=task)
         else:
             model = from_checkpoint(path, task=task)
     for param in model.parameters():  # inference module: autograd tracks only the edge vectors
@@ -313,15 +289,6 @@ def load_model(
     if dtype is None:  # the file's own precision (float32 for the shipped weights)
         return model.to(device=device).eval()
     return model.to(device=device, dtype=_as_dtype(dtype)).eval()
-
-
-def _is_torchscript(path: Path) -> bool:
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:

@@ -24,8 +24,7 @@ from crossfunctional.transfer.data import (
     TransferDataError,
     ase_to_vasp_kbar,
     check_records,
-    label_with_model,
-    perturb,
+    group_kfold,
     read_extxyz,
     read_json,
     read_labelled,
@@ -35,24 +34,16 @@ from crossfunctional.transfer.data import (
     vasp_kbar_to_ase,
     write_extxyz,
 )
-from crossfunctional.transfer.finetune import (
-    METHODS,
-    FinetuneConfig,
-    FinetuneResult,
-    PowerLawFit,
-    ScalingResult,
-    crossover,
-    evaluate,
-    finetune,
-    fit_power_law,
-    load_upstream,
-    scaling_law,
-)
+from crossfunctional.transfer.finetune import METHODS, FinetuneConfig, FinetuneResult, evaluate, finetune, load_upstream
+from crossfunctional.transfer.labels import label_with_model, perturb
+from crossfunctional.transfer.run import ConfigError, TrainingConfig
+from crossfunctional.transfer.scaling import PowerLawFit, ScalingResult, crossover, fit_power_law, scaling_law
 
 __all__ = [
     "KBAR_TO_EV_PER_A3",
     "METHODS",
     "AtomRefFit",
+    "ConfigError",
     "CorrelationResult",
     "FinetuneConfig",
     "FinetuneResult",
@@ -60,6 +51,7 @@ __all__ = [
     "PowerLawFit",
     "RankDeficientError",
     "ScalingResult",
+    "TrainingConfig",
     "TransferDataError",
     "ase_to_vasp_kbar",
     "check_records",
@@ -70,6 +62,7 @@ __all__ = [
     "finetune",
     "fit_atomref",
     "fit_power_law",
+    "group_kfold",
     "get_atomref",
     "label_with_model",
     "load_upstream",

@@ -33,19 +33,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from crossfunctional.io import atomic_path, atomic_write
+from crossfunctional.io import atomic_write, save_figure
 from crossfunctional.models.chgnet import MAX_Z
 from crossfunctional.models.loading import ELEMENTS
 from crossfunctional.transfer.data import LabelledStructure, TransferDataError
 
 __all__ = [
+    "DEFAULT_ALPHAS",
     "AtomRefFit",
     "CorrelationResult",
+    "PriorAtomRefFit",
     "RankDeficientError",
     "composition_matrix",
     "correlate",
+    "elemental_prior",
     "fit_atomref",
+    "fit_atomref_with_prior",
     "get_atomref",
+    "matpes_prior",
     "read_atomref",
     "rereference",
 ]
@@ -110,8 +115,18 @@ def get_atomref(source: Any) -> np.ndarray:
     return vec.copy()
 
 
+class _WritesJson:
+    """``write(path)``: :meth:`as_dict` as JSON, atomically."""
+
+    def write(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        with atomic_write(path) as fh:
+            json.dump(self.as_dict(), fh, indent=1)
+        return path
+
+
 @dataclass
-class AtomRefFit:
+class AtomRefFit(_WritesJson):
     """Result of :func:`fit_atomref`.
 
     Attributes:
@@ -161,12 +176,6 @@ class AtomRefFit:
             "notes": self.notes,
         }
 
-    def write(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`as_dict` as JSON, atomically."""
-        path = Path(path)
-        with atomic_write(path) as fh:
-            json.dump(self.as_dict(), fh, indent=1)
-        return path
 
     def summary(self) -> str:
         lines = [
@@ -399,11 +408,7 @@ class CorrelationResult:
         if title:
             fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=130)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
     def write(self, directory: str | os.PathLike, title: str = "") -> Path:
         """``DIR/correlation.json`` (summary), ``correlation.csv`` (per
@@ -499,4 +504,248 @@ def correlate(
         target_atomref_from=str(t_from),
         material_ids=[r.material_id for r in records],
         target_fit=fit,
+    )
+
+
+# ---------------------------------------------------------------------------
+# AtomRef refit with an elemental prior (an extension of Eq. 2 for small data)
+#
+# Eq. 2 needs many compounds per element. The cross-functional shift is mostly
+# elemental, so a prior taken from the elemental ground states computed at
+# both levels of theory, Δ_el = E_target/N(el) - E_source/N(el), carries most
+# of it. Writing the label of structure s as
+#     y_s = E_label,s / N_s ≈ m_s + c_s . (Δ + w),
+# with m_s the base model's energy per atom and c_s [94] its composition
+# fractions, the residual per atom r_s = y_s - m_s - c_s . Δ is fitted by
+# ridge regression,
+#     w = argmin_w ||C w - r||² + α ||w||²  =  (CᵀC + α I)⁻¹ Cᵀ r,
+# over the elements present in the data (the others keep w = 0, i.e. the prior
+# alone). The new AtomRef is A_base + Δ + w. For α -> 0 and full-rank data this
+# is exactly Eq. 2 fitted to the labels (the prior cancels); for α -> ∞ it is
+# the prior alone. α is chosen by k-fold cross-validation on the data.
+
+#: ridge penalties tried by :func:`fit_atomref_with_prior` (dimensionless: C holds fractions)
+DEFAULT_ALPHAS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+
+
+def elemental_prior(source: Any, target: Any) -> np.ndarray:
+    """Per-element energy shift between two levels of theory from their
+    elemental ground states: ``Δ[Z-1] = E_target/N - E_source/N`` (eV/atom).
+
+    Args:
+        source, target: elemental reference calculations at the source (e.g.
+            PBE) and target (e.g. r2SCAN) level, each a JSON file in any layout
+            :func:`crossfunctional.transfer.data.read_json` reads (MatPES
+            element files: a dict element -> record) or a list of
+            :class:`LabelledStructure`. For an element with several structures
+            the lowest energy per atom is its ground state.
+
+    Returns:
+        [94] eV/atom; NaN for elements missing at either level.
+
+    Raises:
+        TransferDataError: a structure with more than one element, or no
+            element in common.
+    """
+    def lowest(refs: Any) -> np.ndarray:
+        from crossfunctional.transfer.data import read_json
+
+        records = read_json(refs) if isinstance(refs, (str, os.PathLike)) else list(refs)
+        out = np.full(MAX_Z, np.nan)
+        for rec in records:
+            numbers = set(rec.structure.atomic_numbers)
+            if len(numbers) != 1:
+                raise TransferDataError(f"{rec.source or rec.material_id}: an elemental reference must hold one element, "
+                                        f"got {rec.structure.composition.reduced_formula}")
+            z = numbers.pop()
+            e = rec.energy_per_atom
+            if np.isfinite(e) and not (e >= out[z - 1]):
+                out[z - 1] = e
+        return out
+
+    delta = lowest(target) - lowest(source)
+    if not np.isfinite(delta).any():
+        raise TransferDataError("the source and target elemental references have no element in common")
+    return delta
+
+
+def matpes_prior() -> np.ndarray:
+    """:func:`elemental_prior` of the shipped MatPES element files: r2SCAN minus
+    PBE energy per atom of each element's ground state (eV/atom, [94]).
+
+    Data: MatPES (Kaplan et al. 2025), ``crossfunctional/data``."""
+    from crossfunctional.data import data_path
+
+    return elemental_prior(data_path("matpes_pbe_element_refs.json.gz"), data_path("matpes_r2scan_element_refs.json.gz"))
+
+
+@dataclass
+class PriorAtomRefFit(_WritesJson):
+    """Result of :func:`fit_atomref_with_prior`.
+
+    Attributes:
+        atomref: [94] eV/atom, ``base + prior + residual`` (element Z at index Z - 1).
+        base_atomref: [94] the base model's AtomRef.
+        prior: [94] the elemental prior Δ (0 where none was available).
+        residual: [94] the ridge fit w of the remaining per-element error
+            (0 for elements absent from the data).
+        alpha: the ridge penalty used (chosen by cross-validation unless given).
+        cv_mae: {alpha: cross-validated MAE in eV/atom} of the candidates.
+        fitted_elements: elements present in the data.
+        no_prior_elements: elements present in the data without a prior.
+        n_structures: structures fitted.
+        residual_mae: mean |y - m - c . (Δ + w)| over the data, eV/atom.
+        base: description of the base model.
+    """
+
+    atomref: np.ndarray
+    base_atomref: np.ndarray
+    prior: np.ndarray
+    residual: np.ndarray
+    alpha: float
+    cv_mae: dict[float, float]
+    fitted_elements: list[str]
+    no_prior_elements: list[str]
+    n_structures: int
+    residual_mae: float
+    base: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``atomref.json`` layout (readable by :func:`read_atomref`) plus the parts of the fit."""
+        def per_element(v):
+            return {el: float(x) for el, x in zip(ELEMENTS, v)}
+
+        return {
+            "atomref": per_element(self.atomref),
+            "units": "eV/atom",
+            "method": "base AtomRef + elemental prior + ridge fit of the residual per element "
+            "(extension of Huang et al. 2025, Eq. 2)",
+            "base": self.base,
+            "base_atomref": per_element(self.base_atomref),
+            "prior": per_element(self.prior),
+            "residual": per_element(self.residual),
+            "alpha": self.alpha,
+            "cv_mae_eV_per_atom": {f"{a:g}": v for a, v in self.cv_mae.items()},
+            "fitted_elements": self.fitted_elements,
+            "no_prior_elements": self.no_prior_elements,
+            "n_structures": self.n_structures,
+            "residual_mae_eV_per_atom": self.residual_mae,
+        }
+
+
+    def summary(self) -> str:
+        text = (f"AtomRef = base ({self.base}) + elemental prior + ridge residual (alpha {self.alpha:g}), "
+                f"{self.n_structures} structures, {len(self.fitted_elements)} elements; "
+                f"residual MAE {1000 * self.residual_mae:.1f} meV/atom, cross-validated "
+                f"{1000 * self.cv_mae.get(self.alpha, float('nan')):.1f} meV/atom")
+        if self.no_prior_elements:
+            text += f"\n  no prior for: {', '.join(self.no_prior_elements)} (residual fit only)"
+        return text
+
+
+def _ridge(C: np.ndarray, r: np.ndarray, alpha: float) -> np.ndarray:
+    """w [94] = (CᵀC + αI)⁻¹ Cᵀ r over the columns present in C, 0 elsewhere."""
+    present = np.flatnonzero(C.any(axis=0))
+    Cp = C[:, present]
+    w = np.zeros(C.shape[1])
+    w[present] = np.linalg.solve(Cp.T @ Cp + alpha * np.eye(present.size), Cp.T @ r)
+    return w
+
+
+def fit_atomref_with_prior(
+    records: Sequence[LabelledStructure],
+    base: Any = "chgnet-0.3.0",
+    prior: Any = "matpes",
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    alpha: float | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    base_energies: Sequence[float] | None = None,
+) -> PriorAtomRefFit:
+    """Refit a base model's AtomRef to target labels with an elemental prior
+    and a ridge fit of the remaining per-element error (see the derivation
+    above this function: an extension of Huang et al. 2025, Eq. 2, for data
+    with few compounds per element).
+
+    Args:
+        records: structures with target energy labels (eV, total).
+        base: the model whose AtomRef is refitted (name, file or module).
+        prior: ``"matpes"`` (:func:`matpes_prior`), a [94] array in eV/atom,
+            a ``(source, target)`` pair for :func:`elemental_prior`, or None
+            (no prior: a ridge-regularised Eq. 2 on the model's error).
+        alphas: ridge penalties tried by ``folds``-fold cross-validation
+            (seeded by ``seed``); ignored when ``alpha`` is given.
+        base_energies: [n] base-model energies per atom (eV/atom), if
+            already computed; otherwise the base model is evaluated.
+
+    Returns:
+        :class:`PriorAtomRefFit`; its ``atomref`` goes into :func:`rereference`.
+
+    Raises:
+        TransferDataError: no or non-finite labels, fewer structures than folds,
+            an empty ``alphas``.
+    """
+    from crossfunctional.transfer.data import check_records
+
+    check_records(records, name="AtomRef data")
+    y = np.array([r.energy_per_atom for r in records], dtype=float)
+    if not np.isfinite(y).all():
+        raise TransferDataError("every structure needs a finite energy label")
+    model = None
+    if base_energies is None:
+        from crossfunctional.calculators import predict_batch
+        from crossfunctional.models import load_model
+
+        model = base if isinstance(base, torch.nn.Module) else load_model(base)
+        preds = predict_batch([r.atoms() for r in records], model, max_edges=50_000)
+        m = np.array([p["energy"] / r.n_atoms for p, r in zip(preds, records)])
+    else:
+        m = np.asarray(base_energies, dtype=float).reshape(-1)
+        if m.shape != y.shape:
+            raise TransferDataError(f"base_energies has {m.size} values for {y.size} structures")
+    base_ref = np.nan_to_num(get_atomref(model if model is not None else base), nan=0.0)
+    if prior is None:
+        delta = np.zeros(MAX_Z)
+    elif isinstance(prior, str) and prior == "matpes":
+        delta = matpes_prior()
+    elif isinstance(prior, tuple) and len(prior) == 2:
+        delta = elemental_prior(*prior)
+    else:
+        delta = np.asarray(prior, dtype=float).reshape(-1)
+        if delta.shape != (MAX_Z,):
+            raise TransferDataError(f"a prior must have {MAX_Z} entries (eV/atom, element Z at index Z - 1), got {delta.size}")
+    C = composition_matrix(records)
+    present = np.flatnonzero(C.any(axis=0))
+    no_prior = [ELEMENTS[k] for k in present if not np.isfinite(delta[k])]
+    delta = np.nan_to_num(delta, nan=0.0)
+    r = y - m - C @ delta
+
+    cv: dict[float, float] = {}
+    if alpha is None:
+        if len(alphas) == 0:
+            raise TransferDataError("no ridge penalty to try (alphas is empty)")
+        if len(records) < folds:
+            raise TransferDataError(f"{folds}-fold cross-validation needs at least {folds} structures, got {len(records)}")
+        parts = np.array_split(np.random.default_rng(seed).permutation(len(records)), folds)
+        for a in alphas:
+            err = np.empty(len(records))
+            for k, test in enumerate(parts):
+                train = np.concatenate([p for j, p in enumerate(parts) if j != k])
+                w = _ridge(C[train], r[train], a)
+                err[test] = r[test] - C[test] @ w
+            cv[float(a)] = float(np.mean(np.abs(err)))
+        alpha = min(cv, key=cv.get)
+    w = _ridge(C, r, alpha)
+    return PriorAtomRefFit(
+        atomref=base_ref + delta + w,
+        base_atomref=base_ref,
+        prior=delta,
+        residual=w,
+        alpha=float(alpha),
+        cv_mae=cv,
+        fitted_elements=[ELEMENTS[k] for k in present],
+        no_prior_elements=no_prior,
+        n_structures=len(records),
+        residual_mae=float(np.mean(np.abs(r - C @ w))),
+        base=base if isinstance(base, str) else type(base).__name__,
     )

@@ -28,7 +28,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,6 @@ __all__ = [
     "TransferDataError",
     "ase_to_vasp_kbar",
     "check_records",
-    "label_with_model",
-    "perturb",
     "read_extxyz",
     "read_json",
     "read_labelled",
@@ -357,7 +355,7 @@ def _read_outcar(path: Path) -> list[LabelledStructure]:
 
 
 _ENERGY_KEYS = ("energy", "corrected_total_energy", "uncorrected_total_energy")
-_FORCE_KEYS = ("forces", "force")
+_FORCE_KEYS = ("forces", "force", "forces_eV_per_A")
 _MAGMOM_KEYS = ("magmoms", "magmom")
 _ID_KEYS = ("material_id", "matpes_id", "mp_id")
 
@@ -385,26 +383,82 @@ def _json_records(data: Any) -> Iterable[tuple[str, dict]]:
         raise TransferDataError("JSON must hold a list of records or a dict of records keyed by id")
 
 
+def _energy_is_per_atom(key: str, energy_per_atom: bool | None, where: str) -> bool:
+    """Whether the energy under ``key`` is per atom (see :func:`read_json`)."""
+    if energy_per_atom is not None:
+        return bool(energy_per_atom)
+    if key.endswith("per_atom"):
+        return True
+    if key in _ENERGY_KEYS:
+        return False
+    raise TransferDataError(
+        f"{where}: cannot tell whether the energy under {key!r} is a total or per atom: "
+        f"say so (energy_per_atom=True or False; on the command line --energy-per-atom or --energy-total); "
+        f"keys read without that: {', '.join(_ENERGY_KEYS)} (totals) and keys ending in 'per_atom'"
+    )
+
+
+def _record_structure(rec: dict, where: str) -> Structure:
+    """A record's pymatgen ``structure`` dict, or ASE-style symbols/positions/cell."""
+    if "structure" in rec:
+        try:
+            return Structure.from_dict(rec["structure"])
+        except Exception as exc:
+            raise TransferDataError(f"{where}: 'structure' is not a pymatgen structure dict ({exc})") from None
+    try:
+        pbc = rec.get("pbc", True)
+        if not (np.all(pbc) if isinstance(pbc, (list, tuple)) else pbc):
+            raise TransferDataError(f"{where}: only periodic structures can be labelled training data (pbc {pbc})")
+        return Structure(np.asarray(rec["cell"], dtype=float), list(rec["symbols"]), np.asarray(rec["positions"], dtype=float),
+                         coords_are_cartesian=True)
+    except TransferDataError:
+        raise
+    except Exception as exc:
+        raise TransferDataError(f"{where}: no usable 'structure' or 'symbols'/'positions'/'cell' ({type(exc).__name__}: {exc})") from None
+
+
+def _record_stress(rec: dict, stress_order: str, where: str) -> np.ndarray | None:
+    """ASE stress [3, 3] (eV/Å³, positive tensile) from ``stress`` (VASP kBar)
+    or ``stress_eV_per_A3`` (ASE's units and sign)."""
+    if rec.get("stress") is not None:
+        return vasp_kbar_to_ase(rec["stress"], stress_order, where)
+    if rec.get("stress_eV_per_A3") is not None:
+        return stress_to_3x3(rec["stress_eV_per_A3"], stress_order, where)
+    return None
+
+
 def read_json(
     path: str | os.PathLike,
     energy_key: str | None = None,
     stress_order: str = "voigt",
     magmoms_key: str | None = None,
+    energy_per_atom: bool | None = None,
 ) -> list[LabelledStructure]:
     """Read MatPES / MPtrj / WBM-style JSON (``.json`` or ``.json.gz``).
 
-    Each record holds ``structure`` (pymatgen dict) and labels in VASP units:
+    Each record holds ``structure`` (pymatgen dict), or ASE-style
+    ``symbols``, ``positions`` (Å), ``cell`` (Å) and ``pbc``, and labels:
     energy (eV, total: the first of ``energy``, ``corrected_total_energy``,
-    ``uncorrected_total_energy`` present, or ``energy_key``; a key ending in
-    ``per_atom`` is multiplied by the number of atoms), ``forces``/``force``
-    (eV/Å), ``stress`` (kBar, positive compressive; 6 components in
-    ``stress_order``, "voigt" for MatPES, or 3x3 as in MPtrj), and
-    ``magmoms``/``magmom`` (μB; or ``magmoms_key``, e.g. MatPES'
-    ``bader_magmoms``). Stresses are converted to ASE's eV/Å³, positive tensile.
+    ``uncorrected_total_energy`` present, or ``energy_key``), ``forces``/
+    ``force``/``forces_eV_per_A`` (eV/Å), ``stress`` (kBar, positive
+    compressive, VASP's convention; 6 components in ``stress_order``,
+    "voigt" for MatPES, or 3x3 as in MPtrj) or ``stress_eV_per_A3`` (3x3,
+    eV/Å³, ASE's sign), and ``magmoms``/``magmom`` (μB; or ``magmoms_key``,
+    e.g. MatPES' ``bader_magmoms``). Stresses are converted to ASE's eV/Å³,
+    positive tensile. A record's ``source`` (e.g. the calculation a frame
+    belongs to) becomes its ``material_id`` when it has no id, so that splits
+    by material keep the frames of one run together.
+
+    Energies per atom are read only when that is explicit: a key ending in
+    ``per_atom`` (e.g. ``energy_per_atom``) or ``energy_per_atom=True``; an
+    ``energy_key`` that is neither one of the total-energy keys above nor a
+    ``per_atom`` key needs ``energy_per_atom`` (True or False), else it is an
+    error, never silently a total.
 
     Raises:
         InputFileError: missing or unreadable file.
-        TransferDataError: records without a structure, labels of the wrong shape.
+        TransferDataError: records without a structure, labels of the wrong
+            shape, an energy key whose meaning (total or per atom) is not known.
     """
     path = Path(path)
     if not path.is_file():
@@ -418,16 +472,14 @@ def read_json(
     out = []
     for k, (mid, rec) in enumerate(_json_records(data)):
         where = f"{path.name}:{k} ({mid})"
-        try:
-            structure = Structure.from_dict(rec["structure"])
-        except Exception as exc:
-            raise TransferDataError(f"{where}: 'structure' is not a pymatgen structure dict ({exc})") from None
+        structure = _record_structure(rec, where)
         n = len(structure)
         keys = (energy_key,) if energy_key else _ENERGY_KEYS
         e_key = next((key for key in keys if rec.get(key) is not None), None)
         if energy_key and e_key is None and energy_key not in rec:
             raise TransferDataError(f"{where}: no energy under {energy_key!r}")
-        energy = None if e_key is None else float(rec[e_key]) * (n if e_key.endswith("per_atom") else 1)
+        per_atom = e_key is not None and _energy_is_per_atom(e_key, energy_per_atom, where)
+        energy = None if e_key is None else float(rec[e_key]) * (n if per_atom else 1)
         forces = next((rec[key] for key in _FORCE_KEYS if rec.get(key) is not None), None)
         mkeys = (magmoms_key,) if magmoms_key else _MAGMOM_KEYS
         magmoms = next((rec[key] for key in mkeys if rec.get(key) is not None), None)
@@ -436,9 +488,9 @@ def read_json(
                 structure=structure,
                 energy=energy,
                 forces=_per_atom(forces, n, 3, "forces", where),
-                stress=None if rec.get("stress") is None else vasp_kbar_to_ase(rec["stress"], stress_order, where),
+                stress=_record_stress(rec, stress_order, where),
                 magmoms=_per_atom(magmoms, n, 1, "magmoms", where),
-                material_id=mid,
+                material_id=str(rec["source"]) if mid.isdigit() and rec.get("source") else mid,
                 source=where,
             )
         )
@@ -463,6 +515,35 @@ def read_labelled(path: str | os.PathLike, energy_key: str | None = None, **kwar
     if (name.startswith("vasprun") and ".xml" in name) or "outcar" in name:
         return read_vasp(path, **kwargs)
     return read_extxyz(path, energy_key=energy_key, **kwargs)
+
+
+def group_kfold(records: Sequence[LabelledStructure], k: int = 5, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """Grouped k-fold cross-validation: ``k`` (train, test) pairs of record
+    indices in which the frames of one ``material_id`` (one material, or one
+    calculation such as a relaxation run) are never on both sides.
+
+    Groups are shuffled with ``seed`` and dealt, largest first, to the fold
+    that holds the fewest frames so far, so folds stay balanced when groups
+    are of very unequal size; every record is tested exactly once.
+
+    Raises:
+        TransferDataError: fewer groups than folds, or k < 2.
+    """
+    if k < 2:
+        raise TransferDataError(f"k-fold cross-validation needs k >= 2, got {k}")
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(r.material_id, []).append(i)
+    if len(groups) < k:
+        raise TransferDataError(f"{k}-fold cross-validation needs at least {k} groups (material_id), got {len(groups)}")
+    keys = list(groups)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    order = sorted(order, key=lambda g: -len(groups[keys[g]]))  # stable: ties keep the shuffled order
+    tests: list[list[int]] = [[] for _ in range(k)]
+    for g in order:
+        fold = min(range(k), key=lambda f: (len(tests[f]), f))
+        tests[fold].extend(groups[keys[g]])
+    return [(sorted(set(range(len(records))) - set(test)), sorted(test)) for test in tests]
 
 
 # ----------------------------------------------------------------- splits and checks
@@ -579,75 +660,3 @@ def check_records(
         labels = {"e": "energy", "f": "forces", "s": "stress", "m": "magmoms"}
         raise TransferDataError(f"{name}: required label(s) {', '.join(labels[a] for a in absent)} absent from every structure")
     return targets
-
-
-# ----------------------------------------------------------------- model labels
-def perturb(
-    records_or_structures: Sequence[LabelledStructure | Structure | Atoms],
-    rattle: float = 0.05,
-    strain: float = 0.02,
-    seed: int = 0,
-) -> list[Structure]:
-    """Copies with Gaussian displacements (std ``rattle`` Å) and a random
-    symmetric strain (components uniform in ±``strain``), so that forces and
-    stresses are non-zero. Returns pymatgen Structures."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for item in records_or_structures:
-        if isinstance(item, LabelledStructure):
-            s = item.structure.copy()
-        elif isinstance(item, Atoms):
-            s = _structure_from_atoms(item, "perturb")
-        else:
-            s = item.copy()
-        eps = rng.uniform(-strain, strain, size=(3, 3))
-        eps = 0.5 * (eps + eps.T)
-        lattice = Lattice(s.lattice.matrix @ (np.eye(3) + eps))
-        cart = s.cart_coords @ (np.eye(3) + eps) + rng.normal(scale=rattle, size=(len(s), 3))
-        out.append(Structure(lattice, s.species, cart, coords_are_cartesian=True))
-    return out
-
-
-def label_with_model(
-    structures: Sequence[Structure | Atoms | LabelledStructure],
-    model: Any = "chgnet-r2scan",
-    material_ids: Sequence[str] | None = None,
-    max_edges: int = 50_000,
-) -> list[LabelledStructure]:
-    """Label structures with a model (name, file, loaded module or calculator):
-    energy, forces, stress (ASE sign) and magmoms, all in ASE units. Uses the
-    batched evaluator of :mod:`crossfunctional.calculators`."""
-    from ase.stress import voigt_6_to_full_3x3_stress
-
-    from crossfunctional.calculators import predict_batch
-
-    structs = []
-    for k, s in enumerate(structures):
-        if isinstance(s, LabelledStructure):
-            structs.append(s.structure)
-        elif isinstance(s, Atoms):
-            structs.append(_structure_from_atoms(s, f"structure {k}"))
-        else:
-            structs.append(s)
-    atoms = [LabelledStructure(s, None).atoms() for s in structs]
-    results = predict_batch(atoms, model, max_edges=max_edges)
-    ids = list(material_ids) if material_ids is not None else [
-        s.material_id if isinstance(s, LabelledStructure) else f"structure-{k}" for k, s in enumerate(structures)
-    ]
-    return [
-        LabelledStructure(
-            structure=s,
-            energy=float(res["energy"]),
-            forces=np.asarray(res["forces"], dtype=float),
-            stress=voigt_6_to_full_3x3_stress(np.asarray(res["stress"], dtype=float)) if "stress" in res else None,
-            magmoms=np.asarray(res["magmoms"], dtype=float),
-            material_id=str(mid),
-            source=f"model:{k}",
-        )
-        for k, (s, res, mid) in enumerate(zip(structs, results, ids))
-    ]
-
-
-def with_labels(record: LabelledStructure, **changes: Any) -> LabelledStructure:
-    """A copy of ``record`` with some fields replaced."""
-    return replace(record, **changes)

@@ -1,5 +1,6 @@
 """Fine-tuning with chgnet's ``Trainer``: the four transfer methods of Huang et al.,
-npj Comput. Mater. 2025 (Table 1), and the scaling-law analysis (Fig. 6).
+npj Comput. Mater. 2025 (Table 1); the scaling law (Fig. 6) is in
+:mod:`crossfunctional.transfer.scaling`.
 
 Methods (by name, paper number in brackets):
 
@@ -30,17 +31,15 @@ LAMMPS) and ``metrics.json`` (test MAEs in Table 1 units).
 from __future__ import annotations
 
 import contextlib
-import copy
-import csv
-import hashlib
 import io
 import json
+import logging
 import math
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,21 +48,20 @@ import torch
 
 from crossfunctional.io import atomic_path, atomic_write
 from crossfunctional.models import ModelError
+from crossfunctional.models.checkpoints import read_model_dict, read_state
 from crossfunctional.transfer.atomref import AtomRefFit, fit_atomref, get_atomref
 from crossfunctional.transfer.data import LabelledStructure, TransferDataError, check_records
+from crossfunctional.transfer.run import UNITS, ConfigError, TrainingConfig, fingerprint, plot_curves, read_history, write_history
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "METHODS",
     "FinetuneConfig",
     "FinetuneResult",
-    "PowerLawFit",
-    "ScalingResult",
-    "crossover",
     "evaluate",
     "finetune",
-    "fit_power_law",
     "load_upstream",
-    "scaling_law",
 ]
 
 
@@ -87,56 +85,22 @@ METHODS: dict[str, Method] = {
 
 
 @dataclass
-class FinetuneConfig:
-    """Training settings (defaults: the paper's).
+class FinetuneConfig(TrainingConfig):
+    """Fine-tuning settings: the shared training settings
+    (:class:`~crossfunctional.transfer.run.TrainingConfig`, the paper's
+    defaults) and the transfer method.
 
     Attributes:
-        method: one of :data:`METHODS`.
-        epochs: training epochs (50).
-        batch_size: structures per batch (64).
-        learning_rate: initial Adam learning rate (1e-3).
-        final_learning_rate: end of the cosine decay (1e-5).
-        loss: "Huber" (paper), "MSE" or "MAE"; ``huber_delta`` is chgnet's 0.1.
-        energy_weight, force_weight, stress_weight, magmom_weight: 3 : 1 : 0.1 : 1.
-        targets: chgnet target string ("e", "ef", "efs", "efsm", ...); None
-            follows the labels present.
-        seed: seeds weight initialisation and batch order.
-        device: torch device for training.
-        allow_rank_deficient: accept a rank-deficient AtomRef fit (methods 1, 4).
+        method: one of :data:`METHODS` (default "refit-atomref", Method 4).
     """
 
     method: str = "refit-atomref"
-    epochs: int = 50
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    final_learning_rate: float = 1e-5
-    loss: str = "Huber"
-    huber_delta: float = 0.1
-    energy_weight: float = 3.0
-    force_weight: float = 1.0
-    stress_weight: float = 0.1
-    magmom_weight: float = 1.0
-    targets: str | None = None
-    seed: int = 0
-    device: str = "cpu"
-    allow_rank_deficient: bool = False
 
     def check(self) -> None:
-        """Raises ValueError naming a setting that cannot be used."""
+        """Raises :class:`~crossfunctional.transfer.run.ConfigError` naming a setting that cannot be used."""
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (self.learning_rate > 0 and 0 < self.final_learning_rate <= self.learning_rate):
-            raise ValueError(
-                f"need 0 < final_learning_rate <= learning_rate, got {self.final_learning_rate} and {self.learning_rate}"
-            )
-        if self.loss not in ("Huber", "MSE", "MAE"):
-            raise ValueError(f"loss must be Huber, MSE or MAE, got {self.loss!r}")
-        if self.targets is not None and (not self.targets.startswith("e") or set(self.targets) - set("efsm")):
-            raise ValueError(f"targets must start with 'e' and use only e, f, s, m; got {self.targets!r}")
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        super().check()
 
 
 @dataclass
@@ -181,7 +145,7 @@ class FinetuneResult:
 # ----------------------------------------------------------------- model loading
 def load_upstream(base: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """Upstream ``chgnet.model.CHGNet`` of ``base`` (registered name or chgnet
-    checkpoint), read with ``torch.load(weights_only=True)``.
+    checkpoint), read by :mod:`crossfunctional.models.checkpoints`.
 
     Returns:
         (model, model_dict) with model_dict = {"state_dict", "model_args"}.
@@ -203,23 +167,7 @@ def load_upstream(base: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
         path = Path(key)
         if not path.is_file():
             raise ModelError(f"base model {key!r} is neither a registered name ({', '.join(MODELS)}) nor a file")
-    import zipfile
-
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            if any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist()):
-                raise ModelError(
-                    f"{path} is an exported TorchScript model; fine-tuning needs the chgnet checkpoint it came from"
-                )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(
-            f"cannot read {path} as a chgnet checkpoint with weights_only=True: {str(exc).splitlines()[0]}"
-        ) from None
-    model_dict = state.get("model", state) if isinstance(state, dict) else None
-    if not isinstance(model_dict, dict) or "state_dict" not in model_dict or "model_args" not in model_dict:
-        raise ModelError(f"{path} is not a chgnet checkpoint (no 'state_dict' and 'model_args')")
+    model_dict = read_model_dict(path)
     with contextlib.redirect_stdout(io.StringIO()):
         model = UpstreamCHGNet.from_dict(model_dict)
     return model, model_dict
@@ -308,62 +256,17 @@ def _loader(data, batch_size: int, shuffle: bool, seed: int):
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_graphs, generator=gen, num_workers=0)
 
 
-def _fingerprint(*splits: Sequence[LabelledStructure]) -> str:
-    h = hashlib.sha256()
-    for split in splits:
-        h.update(b"|")
-        for r in split:
-            h.update(f"{r.material_id}:{r.n_atoms}:{r.energy:.8f};".encode())
-    return h.hexdigest()[:16]
-
-
-# ----------------------------------------------------------------- history
 _KEYS = "efsm"
 
 
-def _write_history(path: Path, rows: list[dict[str, float]], targets: str) -> None:
-    cols = ["epoch", "learning_rate", "seconds"] + [f"{split}_{k}" for split in ("train", "val") for k in targets]
-    with atomic_write(path, newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for row in rows:
-            w.writerow({c: row.get(c, "") for c in cols})
-
-
-def _read_history(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return [{k: (float(v) if v not in ("", None) else float("nan")) for k, v in row.items()} for row in csv.DictReader(fh)]
+def _history_columns(targets: str) -> list[str]:
+    return ["epoch", "learning_rate", "seconds"] + [f"{split}_{k}" for split in ("train", "val") for k in targets]
 
 
 def plot_history(rows: list[dict[str, float]], targets: str, path: str | os.PathLike, title: str = "") -> Path:
-    """Training curves: one panel per target, train and validation MAE per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    units = {"e": "energy MAE (eV/atom)", "f": "force MAE (eV/Å)", "s": "stress MAE (GPa)", "m": "magmom MAE (μB)"}
-    fig, axes = plt.subplots(1, len(targets), figsize=(3.6 * len(targets), 3.3), squeeze=False)
-    for ax, key in zip(axes[0], targets):
-        for split, style in (("train", "o-"), ("val", "s-")):
-            pts = [(r["epoch"], r.get(f"{split}_{key}", float("nan"))) for r in rows]
-            pts = [(x, y) for x, y in pts if np.isfinite(y) and y > 0]
-            if pts:
-                ax.plot(*zip(*pts), style, ms=3, label=split)
-        ax.set_xlabel("epoch (0 = before training)")
-        ax.set_ylabel(units[key])
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    return path
+    """Training curves: one panel per target, train and validation MAE per epoch (log scale)."""
+    panels = [(UNITS[k], [(f"train_{k}", "train", "o-", None), (f"val_{k}", "val", "s-", None)], True) for k in targets]
+    return plot_curves(rows, panels, path, title)
 
 
 # ----------------------------------------------------------------- fine-tuning
@@ -424,11 +327,7 @@ def finetune(
     """
     from chgnet.trainer import Trainer
 
-    config = copy.deepcopy(config) if config is not None else FinetuneConfig()
-    for key, value in overrides.items():
-        if key not in {f.name for f in fields(FinetuneConfig)}:
-            raise TypeError(f"finetune() got an unknown setting {key!r}")
-        setattr(config, key, value)
+    config = FinetuneConfig.with_overrides(config, overrides, "finetune")
     config.check()
     method = METHODS[config.method]
     if test is not None and len(test) == 0:
@@ -443,7 +342,7 @@ def finetune(
         "base": str(base),
         "config": asdict(config),
         "targets": targets,
-        "data": _fingerprint(train, val, test or []),
+        "data": fingerprint(train, val, test or []),
         "n_train": len(train),
         "n_val": len(val),
         "n_test": 0 if test is None else len(test),
@@ -490,7 +389,8 @@ def finetune(
 
         train_data = _structure_data(train, targets, "training set", log)
         val_data = _structure_data(val, targets, "validation set", log)
-        test_data = None if test is None else _structure_data(test, targets, "test set", log)
+        if test is not None:  # refuse unusable test labels before any training step
+            _structure_data(test, targets, "test set", log)
         train_loader = _loader(train_data, config.batch_size, True, config.seed)
         val_loader = _loader(val_data, config.batch_size, False, config.seed)
 
@@ -523,18 +423,18 @@ def finetune(
         trainer.scheduler = CosineAnnealingLR(
             trainer.optimizer, T_max=config.epochs * steps, eta_min=config.final_learning_rate
         )
-        history = _read_history(out / "history.csv")
+        history = read_history(out / "history.csv")
         start = 0
         last = sorted(ckpt_dir.glob("epoch*.pth.tar")) if ckpt_dir.is_dir() else []
         if previous is not None and last:
-            state = torch.load(last[-1], map_location="cpu", weights_only=True)
+            state = read_state(last[-1])
             trainer.model.load_state_dict(state["model"]["state_dict"])
             trainer.optimizer.load_state_dict(state["optimizer"])
             trainer.scheduler.load_state_dict(state["scheduler"])
             trainer.training_history = state["training_history"]
             start = len(trainer.training_history["e"]["train"])
             history = [row for row in history if row["epoch"] <= start]
-            print(f"resuming {out} after epoch {start} of {config.epochs}", file=sys.stderr)
+            logger.info("resuming %s after epoch %d of %d", out, start, config.epochs)
         settings.update(status="running", unseen_val_test_elements=unseen, method_description=method.description)
         with atomic_write(run_file) as fh:
             json.dump(settings, fh, indent=1)
@@ -546,7 +446,7 @@ def finetune(
                 init = trainer._validate(val_loader)
             history = [{"epoch": 0, "learning_rate": config.learning_rate, "seconds": time.perf_counter() - t0}
                        | {f"val_{k}": float(init[k]) for k in targets}]
-            _write_history(out / "history.csv", history, targets)
+            write_history(out / "history.csv", history, _history_columns(targets))
 
         from tqdm.auto import tqdm
 
@@ -563,7 +463,7 @@ def finetune(
             row = {"epoch": epoch + 1, "learning_rate": trainer.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
             row |= {f"{split}_{k}": float(hist[k][split][-1]) for split in ("train", "val") for k in targets}
             history.append(row)
-            _write_history(out / "history.csv", history, targets)
+            write_history(out / "history.csv", history, _history_columns(targets))
             bar.update(1)
             bar.set_postfix({f"val_{k}": f"{row[f'val_{k}']:.4g}" for k in targets})
         bar.close()
@@ -576,7 +476,7 @@ def finetune(
     if not best:
         raise RuntimeError(f"no best checkpoint in {ckpt_dir}")
     best_epoch = int(best[-1].name.split("_")[1].removeprefix("epoch")) + 1
-    state = torch.load(best[-1], map_location="cpu", weights_only=True)
+    state = read_state(best[-1])
     checkpoint = out / "model.pth.tar"
     with atomic_path(checkpoint) as tmp:
         torch.save(
@@ -629,7 +529,7 @@ def _load_result(out: Path, settings: dict[str, Any]) -> FinetuneResult:
             undetermined_elements=d.get("undetermined_elements", []), n_structures=d.get("n_structures", 0),
             residual_mae=d.get("residual_mae_eV_per_atom", float("nan")), source=d.get("source", ""),
         )
-    history = _read_history(out / "history.csv")
+    history = read_history(out / "history.csv")
     for row in history:
         row["epoch"] = int(row["epoch"])
     return FinetuneResult(
@@ -637,182 +537,3 @@ def _load_result(out: Path, settings: dict[str, Any]) -> FinetuneResult:
         targets=settings["targets"], history=history, best_epoch=int(settings["best_epoch"]), metrics=metrics,
         atomref_fit=fit, resumed_from_epoch=int(settings["config"]["epochs"]),
     )
-
-
-# ----------------------------------------------------------------- scaling law
-@dataclass
-class PowerLawFit:
-    """``log10(MAE) = intercept + slope * log10(n)`` fitted by least squares.
-
-    Attributes:
-        slope: log-log slope (dimensionless).
-        intercept: log10 of the MAE at n = 1 (MAE units).
-        r2: coefficient of determination of the log-log fit.
-        n_points: points used.
-    """
-
-    slope: float
-    intercept: float
-    r2: float
-    n_points: int
-
-    def predict(self, n: float | np.ndarray) -> float | np.ndarray:
-        return 10 ** (self.intercept + self.slope * np.log10(n))
-
-
-def fit_power_law(sizes: Sequence[float], maes: Sequence[float]) -> PowerLawFit:
-    """Fit MAE = 10**intercept * n**slope in log-log space (Fig. 6).
-
-    Raises:
-        ValueError: fewer than 2 points, or non-positive sizes or MAEs.
-    """
-    x = np.asarray(sizes, dtype=float)
-    y = np.asarray(maes, dtype=float)
-    if x.shape != y.shape or x.size < 2:
-        raise ValueError(f"a power-law fit needs >= 2 (size, MAE) pairs, got {x.size} and {y.size}")
-    if np.any(x <= 0) or np.any(y <= 0) or not np.all(np.isfinite(y)):
-        raise ValueError("sizes and MAEs must be positive and finite for a log-log fit")
-    lx, ly = np.log10(x), np.log10(y)
-    slope, intercept = np.polyfit(lx, ly, 1)
-    resid = ly - (intercept + slope * lx)
-    ss_tot = float(((ly - ly.mean()) ** 2).sum())
-    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 1.0
-    return PowerLawFit(float(slope), float(intercept), r2, int(x.size))
-
-
-def crossover(a: PowerLawFit, b: PowerLawFit) -> float | None:
-    """Training-set size where two fitted power laws give the same MAE
-    (the paper's estimate of where transfer stops beating scratch); None for
-    parallel lines."""
-    if math.isclose(a.slope, b.slope, rel_tol=1e-12, abs_tol=1e-12):
-        return None
-    return float(10 ** ((b.intercept - a.intercept) / (a.slope - b.slope)))
-
-
-@dataclass
-class ScalingResult:
-    """Validation MAEs against training-set size per method, with fits.
-
-    Attributes:
-        rows: one dict per run: method, size, energy_mae_meV_per_atom,
-            force_mae_meV_per_A (validation set, exported model).
-        fits: {method: {"energy": PowerLawFit, "force": PowerLawFit}} over
-            sizes >= fit_min_size.
-        crossovers: {"energy": n or None, "force": n or None} between the
-            first two methods.
-    """
-
-    rows: list[dict[str, Any]]
-    fits: dict[str, dict[str, PowerLawFit]]
-    crossovers: dict[str, float | None]
-    fit_min_size: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "fits": {m: {q: asdict(f) for q, f in d.items()} for m, d in self.fits.items()},
-            "crossover_training_size": self.crossovers,
-            "fit_min_size": self.fit_min_size,
-            "model": "log10(MAE) = intercept + slope * log10(n_train)",
-        }
-
-    def write(self, directory: str | os.PathLike) -> Path:
-        """``scaling.json``, ``scaling.csv`` and ``scaling.png`` (log-log MAE
-        against training size with the fitted lines), written atomically."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        directory = Path(directory)
-        with atomic_write(directory / "scaling.json") as fh:
-            json.dump(self.as_dict(), fh, indent=1)
-        cols = ["method", "size", "energy_mae_meV_per_atom", "force_mae_meV_per_A"]
-        with atomic_write(directory / "scaling.csv", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(self.rows)
-        quantities = [("energy", "energy_mae_meV_per_atom", "energy MAE (meV/atom)"), ("force", "force_mae_meV_per_A", "force MAE (meV/Å)")]
-        quantities = [q for q in quantities if any(q[1] in r for r in self.rows)]
-        fig, axes = plt.subplots(1, len(quantities), figsize=(4.6 * len(quantities), 3.8), squeeze=False)
-        for ax, (q, key, label) in zip(axes[0], quantities):
-            for method in dict.fromkeys(r["method"] for r in self.rows):
-                pts = sorted((r["size"], r[key]) for r in self.rows if r["method"] == method and key in r)
-                line = ax.plot(*zip(*pts), "o", label=method)[0]
-                fit = self.fits.get(method, {}).get(q)
-                if fit is not None:
-                    xs = np.geomspace(min(p[0] for p in pts), max(p[0] for p in pts), 50)
-                    ax.plot(xs, fit.predict(xs), "-", color=line.get_color(),
-                            label=f"slope {fit.slope:.3f}, R² {fit.r2:.3f}")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("training structures")
-            ax.set_ylabel(label)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        with atomic_path(directory / "scaling.png") as tmp:
-            fig.savefig(tmp, dpi=120)
-        plt.close(fig)
-        return directory / "scaling.json"
-
-
-def scaling_law(
-    train: Sequence[LabelledStructure],
-    val: Sequence[LabelledStructure],
-    sizes: Sequence[int],
-    output_dir: str | os.PathLike = "scaling",
-    methods: Sequence[str] = ("refit-atomref", "scratch"),
-    base: str | os.PathLike = "chgnet-0.3.0",
-    config: FinetuneConfig | None = None,
-    fit_min_size: int = 0,
-    seed: int = 0,
-    progress: bool = True,
-    **overrides: Any,
-) -> ScalingResult:
-    """Train each method on nested subsets of ``train`` (the first ``size``
-    structures of one seeded permutation, so smaller sets are contained in
-    larger ones), score the exported models on ``val`` and fit log-log slopes
-    and R² of MAE against size over sizes >= ``fit_min_size`` (Fig. 6); the
-    crossover is where the first two methods' fitted lines meet.
-
-    Runs go to ``output_dir/<method>_n<size>/`` and are resumed / reused like
-    :func:`finetune` runs.
-
-    Raises:
-        ValueError / TransferDataError: sizes that are not positive or exceed
-            the training set, unknown methods, and everything :func:`finetune`
-            checks, before the first run starts.
-    """
-    sizes = sorted({int(s) for s in sizes})
-    if not sizes or sizes[0] < 1:
-        raise ValueError(f"sizes must be positive integers, got {sizes}")
-    if sizes[-1] > len(train):
-        raise TransferDataError(f"size {sizes[-1]} exceeds the {len(train)} training structures")
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
-    check_records(val, "validation set")
-    order = np.random.default_rng(seed).permutation(len(train))
-    out = Path(output_dir)
-    rows = []
-    for method in methods:
-        for size in sizes:
-            subset = [train[i] for i in order[:size]]
-            res = finetune(subset, val, None, base=base, output_dir=out / f"{method}_n{size}", config=config,
-                           progress=progress, method=method, **overrides)
-            rows.append({"method": method, "size": size} | {k: v for k, v in res.metrics.items() if k.endswith(("atom", "_A"))})
-    fits: dict[str, dict[str, PowerLawFit]] = {}
-    for method in methods:
-        fits[method] = {}
-        for q, key in (("energy", "energy_mae_meV_per_atom"), ("force", "force_mae_meV_per_A")):
-            pts = [(r["size"], r[key]) for r in rows if r["method"] == method and key in r and r["size"] >= fit_min_size]
-            if len(pts) >= 2:
-                fits[method][q] = fit_power_law(*zip(*pts))
-    crossovers: dict[str, float | None] = {}
-    if len(methods) >= 2:
-        for q in ("energy", "force"):
-            a, b = fits[methods[0]].get(q), fits[methods[1]].get(q)
-            crossovers[q] = crossover(a, b) if a and b else None
-    result = ScalingResult(rows, fits, crossovers, fit_min_size)
-    result.write(out)
-    return result

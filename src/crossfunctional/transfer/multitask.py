@@ -55,18 +55,15 @@ Checkpoints are plain dicts of tensors, lists and strings under the key
 from __future__ import annotations
 
 import contextlib
-import copy
-import csv
-import hashlib
 import io
 import json
+import logging
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,17 +71,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossfunctional.io import atomic_path, atomic_write
+from crossfunctional.io import atomic_write
 from crossfunctional.models.chgnet import MAX_Z
-from crossfunctional.models.loading import ModelError
+from crossfunctional.models.checkpoints import FORMAT, fold_task, is_multitask, read_state
 from crossfunctional.transfer.data import LabelledStructure, TransferDataError, check_records, split_records
+from crossfunctional.transfer.multitask_data import _KEYS, _entries, _Entry, _Graphs, _structure_key, read_bridge, write_bridge
+from crossfunctional.transfer.multitask_model import MultiTaskCHGNet, _check_task_names
+from crossfunctional.transfer.run import UNITS, ConfigError, TrainingConfig, fingerprint, plot_curves, write_history
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT",
     "MultiTaskCHGNet",
     "MultiTaskConfig",
     "MultiTaskResult",
-    "add_multitask_command",
     "fold_task",
     "is_multitask",
     "read_bridge",
@@ -92,549 +93,19 @@ __all__ = [
     "write_bridge",
 ]
 
-#: value of ``checkpoint["multitask"]["format"]``
-FORMAT = "crossfunctional-multitask-chgnet"
-FORMAT_VERSION = 1
-_TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]*$")
-_KEYS = "efsm"
-
-
-# ====================================================================== checkpoint format
-def is_multitask(state: Any) -> bool:
-    """Whether a loaded checkpoint dict is a multi-task checkpoint."""
-    return isinstance(state, dict) and isinstance(state.get("multitask"), dict)
-
-
-def _mt(state: Mapping[str, Any], where: str = "checkpoint") -> dict[str, Any]:
-    mt = state["multitask"] if is_multitask(state) else state
-    if not isinstance(mt, dict) or mt.get("format") != FORMAT:
-        raise ModelError(f"{where} is not a crossfunctional multi-task checkpoint (format {FORMAT!r})")
-    if int(mt.get("version", 0)) > FORMAT_VERSION:
-        raise ModelError(f"{where}: multi-task format version {mt['version']} is newer than this code ({FORMAT_VERSION})")
-    for key in ("tasks", "state_dict", "model_args", "task_bias", "atomref"):
-        if key not in mt:
-            raise ModelError(f"{where}: multi-task checkpoint lacks {key!r}")
-    return mt
-
-
-def task_index(tasks: Sequence[str], task: str, where: str = "model") -> int:
-    """Index of ``task`` in ``tasks``.
-
-    Raises:
-        ModelError: unknown task; the message names the available tasks.
-    """
-    if task not in tasks:
-        raise ModelError(f"unknown task {task!r} for {where}; available tasks: {', '.join(tasks)}")
-    return list(tasks).index(task)
-
-
-def _first_linear_bias_keys(sd: Mapping[str, torch.Tensor], prefix: str) -> tuple[str, str]:
-    """State-dict keys of the first-layer biases of a chgnet GatedMLP's core and
-    gate MLPs (``layers.0`` with a hidden layer, ``layers.1`` after the
-    leading Dropout without one)."""
-    for first in (0, 1):
-        core = f"{prefix}.mlp_core.layers.{first}.bias"
-        if core in sd:
-            return core, f"{prefix}.mlp_gate.layers.{first}.bias"
-    raise ModelError(f"no first-layer bias for the gated MLP {prefix!r} in the checkpoint")
-
-
-def fold_task(state: Mapping[str, Any], task: str, where: str = "checkpoint") -> dict[str, Any]:
-    """Fold one task of a multi-task checkpoint into a plain ``chgnet`` model dict.
-
-    For every gated MLP with prefix p and bias block ``B = task_bias[p][t]``
-    [2H]: ``p.mlp_core.<first>.bias += B[:H]``, ``p.mlp_gate.<first>.bias +=
-    B[H:]``; ``composition_model.fc.weight`` [1, 94] becomes ``atomref[t]``.
-    Exact (the bias enters only as that sum), so the plain model gives the
-    multi-task model's numbers for ``task``.
-
-    Args:
-        state: a multi-task checkpoint (``{"multitask": {...}}``) or its inner dict.
-        task: task name.
-        where: file name for error messages.
-
-    Returns:
-        ``{"state_dict", "model_args", "task", "tasks", "source_task"}``: the
-        first two form a ``chgnet`` checkpoint's ``"model"`` entry.
-
-    Raises:
-        ModelError: not a multi-task checkpoint, or an unknown task (the
-            message names the available tasks).
-    """
-    mt = _mt(state, where)
-    tasks = list(mt["tasks"])
-    t = task_index(tasks, task, where)
-    sd = {k: v.detach().clone() for k, v in mt["state_dict"].items()}
-    for prefix, bias in mt["task_bias"].items():
-        core, gate = _first_linear_bias_keys(sd, prefix)
-        h = sd[core].shape[0]
-        if bias.shape != (len(tasks), 2 * h):
-            raise ModelError(f"{where}: task bias of {prefix} has shape {tuple(bias.shape)}, expected {(len(tasks), 2 * h)}")
-        sd[core] = sd[core] + bias[t, :h].to(sd[core].dtype)
-        sd[gate] = sd[gate] + bias[t, h:].to(sd[gate].dtype)
-    atomref = mt["atomref"]
-    if atomref.shape != (len(tasks), MAX_Z):
-        raise ModelError(f"{where}: atomref has shape {tuple(atomref.shape)}, expected {(len(tasks), MAX_Z)}")
-    sd["composition_model.fc.weight"] = atomref[t].reshape(1, MAX_Z).to(sd["composition_model.fc.weight"].dtype).clone()
-    return {
-        "state_dict": sd,
-        "model_args": dict(mt["model_args"]),
-        "task": task,
-        "tasks": tasks,
-        "source_task": mt.get("source_task"),
-    }
-
-
-def _read(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelError(f"model file not found: {path}") from None
-    except Exception as exc:
-        raise ModelError(f"cannot read {path} with weights_only=True: {str(exc).splitlines()[0]}") from None
-    return state
-
-
-# ====================================================================== the model
-class _TaskBiasHook:
-    """Forward hook on a first linear layer: adds the rows' task biases.
-
-    A callable object (not a closure), so ``copy.deepcopy`` of the owning
-    model re-points it at the copy."""
-
-    def __init__(self, owner: MultiTaskCHGNet, index: int, part: int, rows: str) -> None:
-        self.owner, self.index, self.part, self.rows = owner, index, part, rows
-
-    def __call__(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        rows = self.owner._rows
-        if rows is None:
-            raise RuntimeError("the shared CHGNet of a MultiTaskCHGNet must be called through MultiTaskCHGNet.forward (it needs a task)")
-        h = output.shape[-1]
-        bias = self.owner.task_bias[self.index][:, self.part * h : (self.part + 1) * h]
-        return output + bias.index_select(0, rows[self.rows])
-
-
-class MultiTaskCHGNet(nn.Module):
-    """An upstream ``chgnet.model.CHGNet`` (shared parameters) with per-task
-    AtomRef and per-task first-layer biases in every gated MLP (module docstring).
-
-    Args:
-        base: upstream CHGNet; its weights become the shared parameters (the
-            module is used, not copied). Its ``composition_model`` is not used
-            in the forward pass (the per-task AtomRef replaces it) and is frozen.
-        tasks: task names (letters, digits, ``_ . + -``; first a letter), unique.
-        atomref: [T, 94] eV/atom; default: the base's AtomRef for every task.
-        source_task: the task the base model was trained on (default ``tasks[0]``).
-
-    Attributes:
-        tasks: list of task names, index = task id.
-        atomref: Parameter [T, 94] eV/atom (frozen unless set trainable).
-        task_bias: ParameterList of [T, 2H] per gated MLP, in the order of
-            ``bias_prefixes`` (upstream state-dict prefixes).
-
-    Raises:
-        ModelError: bad task names or an AtomRef of the wrong shape.
-    """
-
-    def __init__(
-        self,
-        base: nn.Module,
-        tasks: Sequence[str],
-        atomref: torch.Tensor | np.ndarray | None = None,
-        source_task: str | None = None,
-    ) -> None:
-        super().__init__()
-        tasks = list(tasks)
-        _check_task_names(tasks)
-        if not getattr(base, "is_intensive", True) or getattr(base, "composition_model", None) is None:
-            raise ModelError("the base CHGNet must be intensive and have an AtomRef composition model")
-        self.base = base
-        self.tasks = tasks
-        self.source_task = source_task or tasks[0]
-        task_index(tasks, self.source_task, "the multi-task model (source_task)")
-        weight = base.composition_model.fc.weight
-        weight.requires_grad_(False)
-        if atomref is None:
-            atomref = weight.detach().reshape(1, MAX_Z).repeat(len(tasks), 1)
-        atomref = torch.as_tensor(atomref, dtype=weight.dtype).clone()
-        if atomref.shape != (len(tasks), MAX_Z):
-            raise ModelError(f"atomref must have shape ({len(tasks)}, {MAX_Z}), got {tuple(atomref.shape)}")
-        self.atomref = nn.Parameter(atomref, requires_grad=False)
-        self.bias_prefixes: list[str] = []
-        self.task_bias = nn.ParameterList()
-        self._rows: dict[str, torch.Tensor] | None = None
-        for prefix, gmlp, rows in _gated_mlps(base):
-            core = next(m for m in gmlp.mlp_core.layers if isinstance(m, nn.Linear))
-            gate = next(m for m in gmlp.mlp_gate.layers if isinstance(m, nn.Linear))
-            index = len(self.bias_prefixes)
-            self.bias_prefixes.append(prefix)
-            self.task_bias.append(nn.Parameter(torch.zeros(len(tasks), 2 * core.out_features, dtype=weight.dtype)))
-            core.register_forward_hook(_TaskBiasHook(self, index, 0, rows))
-            gate.register_forward_hook(_TaskBiasHook(self, index, 1, rows))
-
-    # ------------------------------------------------------------ construction
-    @classmethod
-    def upgrade(cls, base: Any, tasks: Sequence[str], source_task: str | None = None) -> MultiTaskCHGNet:
-        """A multi-task model from a single-task one: zero task biases and the
-        source AtomRef for every task, so every task (the original one in
-        particular) predicts exactly what ``base`` predicts.
-
-        Args:
-            base: registered name, chgnet checkpoint path, or an upstream
-                ``chgnet.model.CHGNet`` (deep-copied).
-            tasks: task names; ``source_task`` (default ``tasks[0]``) is the
-                functional ``base`` was trained on.
-
-        Raises:
-            ModelError: unreadable base, bad task names.
-        """
-        if isinstance(base, nn.Module):
-            model = copy.deepcopy(base)
-        else:
-            from crossfunctional.transfer.finetune import load_upstream
-
-            model, _ = load_upstream(base)
-        return cls(model, tasks, source_task=source_task)
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any], where: str = "checkpoint") -> MultiTaskCHGNet:
-        """Rebuild from :meth:`state` (or a checkpoint holding it under ``"multitask"``).
-
-        Raises:
-            ModelError: not a multi-task checkpoint or inconsistent contents.
-        """
-        from chgnet.model import CHGNet as UpstreamCHGNet
-
-        mt = _mt(state, where)
-        with contextlib.redirect_stdout(io.StringIO()):
-            base = UpstreamCHGNet(**mt["model_args"])
-        try:
-            base.load_state_dict(mt["state_dict"])
-        except RuntimeError as exc:
-            raise ModelError(f"{where}: shared weights do not fit the CHGNet architecture: {exc}") from None
-        model = cls(base, mt["tasks"], atomref=mt["atomref"], source_task=mt.get("source_task"))
-        if list(mt["task_bias"]) != model.bias_prefixes:
-            raise ModelError(f"{where}: task biases are for {list(mt['task_bias'])}, the model has {model.bias_prefixes}")
-        with torch.no_grad():
-            for param, prefix in zip(model.task_bias, model.bias_prefixes):
-                value = mt["task_bias"][prefix]
-                if value.shape != param.shape:
-                    raise ModelError(f"{where}: task bias of {prefix} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
-                param.copy_(value)
-        return model
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> MultiTaskCHGNet:
-        """Read a multi-task checkpoint (``best_model.pth.tar``, ``last.pth.tar``)
-        with ``weights_only=True``.
-
-        Raises:
-            ModelError: missing file, or not a multi-task checkpoint.
-        """
-        state = _read(path)
-        if not is_multitask(state):
-            raise ModelError(f"{path} is not a multi-task checkpoint (a single-task chgnet model? use MultiTaskCHGNet.upgrade)")
-        return cls.from_state(state, where=str(path))
-
-    def state(self) -> dict[str, Any]:
-        """The checkpoint contents (CPU tensors, a copy)::
-
-            {"format": FORMAT, "version": 1, "tasks": [T names], "source_task": str,
-             "model_args": chgnet model args, "state_dict": upstream CHGNet state dict,
-             "task_bias": {gated-MLP prefix: [T, 2H]}, "atomref": [T, 94] eV/atom}
-        """
-        return {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "tasks": list(self.tasks),
-            "source_task": self.source_task,
-            "model_args": dict(self.base.model_args),
-            "state_dict": {k: v.detach().cpu().clone() for k, v in self.base.state_dict().items()},
-            "task_bias": {p: b.detach().cpu().clone() for p, b in zip(self.bias_prefixes, self.task_bias)},
-            "atomref": self.atomref.detach().cpu().clone(),
-        }
-
-    def save(self, path: str | os.PathLike, **extra: Any) -> Path:
-        """Write ``{"multitask": self.state(), **extra}`` atomically."""
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            torch.save({"multitask": self.state(), **extra}, tmp)
-        return path
-
-    def fold(self, task: str) -> dict[str, Any]:
-        """Plain chgnet model dict of one task (:func:`fold_task`)."""
-        return fold_task({"multitask": self.state()}, task, "the multi-task model")
-
-    def task_model(self, task: str) -> Any:
-        """An upstream ``chgnet.model.CHGNet`` running ``task`` (folded)."""
-        from chgnet.model import CHGNet as UpstreamCHGNet
-
-        folded = self.fold(task)
-        with contextlib.redirect_stdout(io.StringIO()):
-            model = UpstreamCHGNet(**folded["model_args"])
-        model.load_state_dict(folded["state_dict"])
-        return model.to(dtype=self.atomref.dtype)
-
-    def task_id(self, task: str) -> int:
-        """Index of ``task`` (ModelError naming the tasks if unknown)."""
-        return task_index(self.tasks, task, "the multi-task model")
-
-    # ------------------------------------------------------------ prediction
-    def graph(self, structure: Any) -> Any:
-        """chgnet CrystalGraph of a pymatgen Structure, coordinates in the
-        model's dtype (float64 graphs for a float64 model)."""
-        graph = self.base.graph_converter(structure)
-        dtype = self.atomref.dtype
-        if dtype != torch.float32:
-            graph.atom_frac_coord = torch.tensor(structure.frac_coords, dtype=dtype, requires_grad=True)
-            graph.lattice = torch.tensor(structure.lattice.matrix, dtype=dtype, requires_grad=True)
-            graph.neighbor_image = graph.neighbor_image.to(dtype)
-        return graph
-
-    def forward(self, graphs: Sequence[Any], task_ids: torch.Tensor | Sequence[int] | int, targets: str = "e") -> dict[str, Any]:
-        """Predict a batch of chgnet CrystalGraphs, each with its task.
-
-        Args:
-            graphs: B chgnet CrystalGraphs.
-            task_ids: [B] int task indices (or one int for all).
-            targets: subset of "efsm" to compute.
-
-        Returns:
-            ``{"e": [B] eV/atom, "f": B x [N_b, 3] eV/Å, "s": B x [3, 3] GPa
-            (ASE sign, positive tensile), "m": B x [N_b] μB (non-negative)}``
-            for the requested targets; forces and stress keep the autograd
-            graph (create_graph=True, as chgnet's trainer needs).
-
-        Raises:
-            ModelError: a task id out of range.
-        """
-        from chgnet.model.model import BatchedGraph
-
-        device = self.atomref.device
-        ids = torch.as_tensor(task_ids, dtype=torch.long, device=device).reshape(-1)
-        if ids.numel() == 1 and len(graphs) > 1:
-            ids = ids.expand(len(graphs))
-        if ids.numel() != len(graphs):
-            raise ValueError(f"{ids.numel()} task ids for {len(graphs)} graphs")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self.tasks)):
-            raise ModelError(f"task id out of range 0..{len(self.tasks) - 1} (tasks: {', '.join(self.tasks)})")
-        g = BatchedGraph.from_graphs(
-            graphs,
-            bond_basis_expansion=self.base.bond_basis_expansion,
-            angle_basis_expansion=self.base.angle_basis_expansion,
-            compute_stress="s" in targets,
-        )
-        if bool((ids == ids[0]).all()):
-            rows = {"atom": ids[:1], "bond": ids[:1]}  # one task: the bias row broadcasts
-        else:
-            atom_task = ids.index_select(0, g.atom_owners.long())
-            bond_graph = g.batched_bond_graph
-            rows = {
-                "atom": atom_task.index_select(0, g.batched_atom_graph[:, 0].long()),
-                "bond": atom_task.index_select(0, bond_graph[:, 0].long()) if bond_graph.numel() else ids[:0],
-            }
-        self._rows = rows
-        try:
-            pred = self.base._compute(
-                g, compute_force="f" in targets, compute_stress="s" in targets, compute_magmom="m" in targets
-            )
-        finally:
-            self._rows = None
-        comp = torch.stack(
-            [torch.bincount(gr.atomic_number.long() - 1, minlength=MAX_Z).to(self.atomref.dtype) / gr.atomic_number.shape[0] for gr in graphs]
-        )
-        pred["e"] = pred["e"] + (comp * self.atomref.index_select(0, ids)).sum(dim=1)
-        return pred
-
-    def bias_l2(self) -> torch.Tensor:
-        """Σ_l ||task_bias[l]||² over all tasks (the selective L2 term without λ_T)."""
-        return sum((b * b).sum() for b in self.task_bias)
-
-    def bias_norms(self) -> dict[str, float]:
-        """L2 norm of each task's biases (all gated MLPs together)."""
-        sq = sum((b.detach() ** 2).sum(dim=1) for b in self.task_bias)
-        return {t: float(v) ** 0.5 for t, v in zip(self.tasks, sq)}
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        """θ_C: the upstream network's trainable weights (its AtomRef excluded)."""
-        return [p for n, p in self.base.named_parameters() if not n.startswith("composition_model")]
-
-
-def _check_task_names(tasks: Sequence[str]) -> None:
-    if not tasks:
-        raise ModelError("a multi-task model needs at least one task name")
-    for t in tasks:
-        if not isinstance(t, str) or not _TASK_NAME.match(t):
-            raise ModelError(f"bad task name {t!r}: use letters, digits, '_', '.', '+', '-', starting with a letter")
-    dup = sorted({t for t in tasks if list(tasks).count(t) > 1})
-    if dup:
-        raise ModelError(f"task names must be unique, repeated: {', '.join(dup)}")
-
-
-def _gated_mlps(base: nn.Module):
-    """(state-dict prefix, GatedMLP, row kind) of every gated MLP in the atom,
-    bond and angle convolutions. Atom-convolution rows are atom-graph edges
-    (task of the centre atom ``atom_graph[:, 0]``); bond and angle rows are
-    angles (task of the centre atom ``bond_graph[:, 0]``)."""
-    for i, layer in enumerate(base.atom_conv_layers):
-        yield f"atom_conv_layers.{i}.twoBody_atom", layer.twoBody_atom, "atom"
-    for name in ("bond_conv_layers", "angle_layers"):
-        for i, layer in enumerate(getattr(base, name) or []):
-            if layer is not None:
-                yield f"{name}.{i}.twoBody_bond", layer.twoBody_bond, "bond"
-
-
-# ====================================================================== data
-def read_bridge(path: str | os.PathLike, tasks: Sequence[str]) -> dict[str, list[LabelledStructure]]:
-    """Read a domain-bridging set: an extended XYZ file whose frames carry the
-    labels of several tasks as ``energy_<task>`` (info, eV), ``forces_<task>``
-    (arrays, [N, 3] eV/Å), ``stress_<task>`` (info, 6 Voigt components or 3x3,
-    eV/Å³, positive tensile) and ``magmoms_<task>`` (arrays, μB); ``material_id``
-    in the info groups frames (as :func:`~crossfunctional.transfer.data.read_extxyz`).
-
-    Returns:
-        {task: records}, one record per (frame, task) with that task's labels.
-
-    Raises:
-        InputFileError: missing or unreadable file.
-        TransferDataError: a frame with labels of fewer than two tasks, or
-            labels of a task not in ``tasks``.
-    """
-    from crossfunctional.io import read_structures
-    from crossfunctional.transfer.data import read_extxyz
-
-    path = Path(path)
-    frames = read_structures(path)
-    for k, atoms in enumerate(frames):
-        named = {key.split("_", 1)[1] for key in list(atoms.info) + list(atoms.arrays) if key.startswith("energy_")}
-        unknown = sorted(named - set(tasks))
-        if unknown:
-            raise TransferDataError(f"{path.name}:{k}: labels of unknown task(s) {', '.join(unknown)}; tasks: {', '.join(tasks)}")
-        if len(named) < 2:
-            raise TransferDataError(
-                f"{path.name}:{k}: a bridge structure needs energy labels of at least two tasks "
-                f"(energy_<task> in the frame info), found {sorted(named) or 'none'}"
-            )
-    out: dict[str, list[LabelledStructure]] = {}
-    for task in tasks:
-        recs = read_extxyz(path, energy_key=f"energy_{task}", forces_key=f"forces_{task}",
-                           stress_key=f"stress_{task}", magmoms_key=f"magmoms_{task}")
-        recs = [r for r in recs if r.energy is not None]
-        if recs:
-            out[task] = recs
-    return out
-
-
-def write_bridge(bridge: Mapping[str, Sequence[LabelledStructure]], path: str | os.PathLike) -> Path:
-    """Write {task: records} as one extended XYZ file (:func:`read_bridge`'s
-    layout); records of the same structure (same material id and positions)
-    share a frame. Written atomically."""
-    from ase.io import write
-
-    frames: dict[str, Any] = {}
-    for task, recs in bridge.items():
-        for rec in recs:
-            key = _structure_key(rec)
-            if key not in frames:
-                atoms = rec.atoms()
-                atoms.info["material_id"] = rec.material_id
-                frames[key] = atoms
-            atoms = frames[key]
-            atoms.info[f"energy_{task}"] = float(rec.energy)
-            if rec.forces is not None:
-                atoms.arrays[f"forces_{task}"] = np.asarray(rec.forces, dtype=float)
-            if rec.stress is not None:
-                s = np.asarray(rec.stress)
-                atoms.info[f"stress_{task}"] = s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
-            if rec.magmoms is not None:
-                atoms.arrays[f"magmoms_{task}"] = np.asarray(rec.magmoms, dtype=float)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        write(tmp, list(frames.values()), format="extxyz")
-    return path
-
-
-def _structure_key(rec: LabelledStructure) -> str:
-    s = rec.structure
-    h = hashlib.sha256()
-    h.update(np.asarray(rec.atomic_numbers).tobytes())
-    h.update(np.round(s.lattice.matrix, 6).tobytes())
-    h.update(np.round(s.cart_coords, 5).tobytes())
-    return h.hexdigest()[:20]
-
-
-@dataclass
-class _Entry:
-    """One (structure, task) training or validation entry, labels in chgnet units."""
-
-    graph: int  # index into the graph list
-    task: int
-    weight: float
-    n_atoms: int
-    energy: float  # eV/atom
-    forces: torch.Tensor | None  # [N, 3] eV/Å
-    stress: torch.Tensor | None  # [3, 3] GPa, positive tensile
-    magmoms: torch.Tensor | None  # [N] μB, |label|
-    bridge: bool = False
-
-
-class _Graphs:
-    """chgnet graphs built once per distinct structure (bridge structures
-    share theirs across tasks)."""
-
-    def __init__(self, model: MultiTaskCHGNet) -> None:
-        self.model, self.graphs, self.index = model, [], {}
-
-    def add(self, rec: LabelledStructure, where: str) -> int:
-        key = _structure_key(rec)
-        if key not in self.index:
-            try:
-                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                    graph = self.model.graph(rec.structure)
-            except Exception as exc:
-                raise TransferDataError(
-                    f"{where}: chgnet cannot build a graph for {rec.source or rec.material_id} "
-                    f"({rec.structure.composition.reduced_formula}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                ) from None
-            self.index[key] = len(self.graphs)
-            self.graphs.append(graph)
-        return self.index[key]
-
-
-def _entries(records, task: int, weight: float, targets: str, graphs: _Graphs, where: str, dtype, bridge=False) -> list[_Entry]:
-    from ase import units
-
-    out = []
-    for rec in records:
-        out.append(
-            _Entry(
-                graph=graphs.add(rec, where),
-                task=task,
-                weight=weight,
-                n_atoms=rec.n_atoms,
-                energy=rec.energy_per_atom,
-                forces=None if "f" not in targets or rec.forces is None else torch.as_tensor(np.asarray(rec.forces), dtype=dtype),
-                stress=None if "s" not in targets or rec.stress is None else torch.as_tensor(np.asarray(rec.stress) / units.GPa, dtype=dtype),
-                magmoms=None if "m" not in targets or rec.magmoms is None else torch.as_tensor(np.abs(np.asarray(rec.magmoms)), dtype=dtype),
-                bridge=bridge,
-            )
-        )
-    return out
 
 
 # ====================================================================== configuration
 @dataclass
-class MultiTaskConfig:
-    """Training settings.
+class MultiTaskConfig(TrainingConfig):
+    """Multi-task training settings: the shared ones
+    (:class:`~crossfunctional.transfer.run.TrainingConfig`: epochs, batch
+    size, learning-rate schedule, loss and its 3 : 1 : 0.1 : 1 weights,
+    targets, seed, device, the paper's defaults; ``allow_rank_deficient``
+    applies to atomref_fit="labels"; ``seed`` seeds the batch order and the
+    validation split) and these.
 
     Attributes:
-        epochs, batch_size: 50 and 64 (Huang et al. 2025's fine-tuning).
-        learning_rate, final_learning_rate: Adam, cosine decay per step from
-            1e-3 to 1e-5.
-        loss: "Huber" (δ = ``huber_delta`` 0.1, chgnet's), "MSE" or "MAE".
-        energy_weight, force_weight, stress_weight, magmom_weight: λ_e:λ_f:λ_s:λ_m
-            = 3 : 1 : 0.1 : 1 (issue 6's defaults, the paper's).
         task_weights: {task: loss weight}, 1 for tasks not listed.
         bias_l2: λ_T of the selective L2 term Σ_l ||task_bias[l]||² (sum over
             all tasks' biases, ~2.6k numbers per task). Default 0: the sweep in
@@ -660,66 +131,40 @@ class MultiTaskConfig:
             source AtomRef). The source task keeps the base's AtomRef.
         train_atomref: train the per-task AtomRef too (default frozen, as
             Method 4; not L2-regularised).
-        allow_rank_deficient: for atomref_fit="labels", accept rank-deficient data.
-        targets: restrict the trained labels (e.g. "ef"); None: all present.
         val_fraction: share of each task's data held out for validation when
             no validation data are given (split by material id).
         best_task: choose ``best_model.pth.tar`` by this task's validation
             score only (default None: all tasks, weighted by task_weights).
-        seed: initialisation-free here (weights come from the base); seeds the
-            batch order and the validation split.
-        device: torch device.
     """
 
-    epochs: int = 50
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    final_learning_rate: float = 1e-5
-    loss: str = "Huber"
-    huber_delta: float = 0.1
-    energy_weight: float = 3.0
-    force_weight: float = 1.0
-    stress_weight: float = 0.1
-    magmom_weight: float = 1.0
     task_weights: dict[str, float] = field(default_factory=dict)
     bias_l2: float = 0.0
     task_lr_factor: float = 300.0
     bridge_weight: float = 1.0
     atomref_fit: str = "residual"
     train_atomref: bool = False
-    allow_rank_deficient: bool = False
-    targets: str | None = None
     val_fraction: float = 0.1
     best_task: str | None = None
-    seed: int = 0
-    device: str = "cpu"
 
     def check(self, tasks: Sequence[str]) -> None:
-        """Raises ValueError naming a setting that cannot be used."""
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if not (self.learning_rate > 0 and 0 < self.final_learning_rate <= self.learning_rate):
-            raise ValueError(f"need 0 < final_learning_rate <= learning_rate, got {self.final_learning_rate}, {self.learning_rate}")
-        if self.loss not in ("Huber", "MSE", "MAE"):
-            raise ValueError(f"loss must be Huber, MSE or MAE, got {self.loss!r}")
+        """Raises :class:`~crossfunctional.transfer.run.ConfigError` naming a setting that cannot be used."""
+        super().check()
         if not self.task_lr_factor > 0:
-            raise ValueError(f"task_lr_factor must be > 0, got {self.task_lr_factor}")
-        for name in ("energy_weight", "force_weight", "stress_weight", "magmom_weight", "bias_l2", "bridge_weight"):
+            raise ConfigError(f"task_lr_factor must be > 0, got {self.task_lr_factor}")
+        for name in ("bias_l2", "bridge_weight"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         unknown = sorted(set(self.task_weights) - set(tasks))
         if unknown:
-            raise ValueError(f"task_weights for unknown task(s) {', '.join(unknown)}; tasks: {', '.join(tasks)}")
+            raise ConfigError(f"task_weights for unknown task(s) {', '.join(unknown)}; tasks: {', '.join(tasks)}")
         if any(not w >= 0 for w in self.task_weights.values()):
-            raise ValueError(f"task weights must be >= 0, got {self.task_weights}")
+            raise ConfigError(f"task weights must be >= 0, got {self.task_weights}")
         if self.atomref_fit not in ("residual", "labels", "source"):
-            raise ValueError(f"atomref_fit must be residual, labels or source, got {self.atomref_fit!r}")
-        if self.targets is not None and (not self.targets.startswith("e") or set(self.targets) - set(_KEYS)):
-            raise ValueError(f"targets must start with 'e' and use only e, f, s, m; got {self.targets!r}")
+            raise ConfigError(f"atomref_fit must be residual, labels or source, got {self.atomref_fit!r}")
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.best_task is not None and self.best_task not in tasks:
-            raise ValueError(f"best_task {self.best_task!r} is not a task; tasks: {', '.join(tasks)}")
+            raise ConfigError(f"best_task {self.best_task!r} is not a task; tasks: {', '.join(tasks)}")
 
     def weight(self, task: str) -> float:
         return float(self.task_weights.get(task, 1.0))
@@ -850,17 +295,6 @@ def _score(meter: _Meter, tasks: list[str], targets: dict[str, str], cfg: MultiT
     return num / den if den else float("nan")
 
 
-def _fingerprint(*groups: Mapping[str, Sequence[LabelledStructure]]) -> str:
-    h = hashlib.sha256()
-    for group in groups:
-        h.update(b"|")
-        for task in sorted(group):
-            h.update(task.encode())
-            for r in group[task]:
-                h.update(f"{r.material_id}:{r.n_atoms}:{r.energy:.8f};".encode())
-    return h.hexdigest()[:16]
-
-
 def _as_task_dict(data: Any, name: str, tasks: list[str] | None = None) -> dict[str, list[LabelledStructure]]:
     if data is None:
         return {}
@@ -881,54 +315,18 @@ def _as_task_dict(data: Any, name: str, tasks: list[str] | None = None) -> dict[
     return out
 
 
-def _write_history(path: Path, rows: list[dict[str, float]], cols: list[str]) -> None:
-    with atomic_write(path, newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for row in rows:
-            w.writerow({c: row.get(c, "") for c in cols})
-
-
 def plot_history(rows: list[dict[str, float]], tasks: list[str], targets: dict[str, str], path: str | os.PathLike, title: str = "") -> Path:
     """Training curves: one panel per label kind (train dashed, validation
     solid, one colour per task, log scale), and the norm of each task's biases."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    units = {"e": "energy MAE (eV/atom)", "f": "force MAE (eV/Å)", "s": "stress MAE (GPa)", "m": "magmom MAE (μB)"}
+    colours = [f"C{t % 10}" for t in range(len(tasks))]
     keys = [k for k in _KEYS if any(k in targets[t] for t in tasks)]
-    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(3.6 * (len(keys) + 1), 3.3), squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, key in zip(axes[0], keys):
-        for t, task in enumerate(tasks):
-            for split, style in (("train", "--"), ("val", "-")):
-                pts = [(r["epoch"], r.get(f"{split}_{task}_{key}", float("nan"))) for r in rows]
-                pts = [(x, y) for x, y in pts if np.isfinite(y) and y > 0]
-                if pts:
-                    ax.plot(*zip(*pts), style, marker="o", ms=2.5, color=colours[t % len(colours)], label=f"{task} {split}")
-        ax.set_xlabel("epoch (0 = before training)")
-        ax.set_ylabel(units[key])
-        ax.set_yscale("log")
-        ax.legend(fontsize=7)
-    ax = axes[0][-1]
-    for t, task in enumerate(tasks):
-        pts = [(r["epoch"], r.get(f"bias_norm_{task}", float("nan"))) for r in rows]
-        pts = [(x, y) for x, y in pts if np.isfinite(y)]
-        if pts:
-            ax.plot(*zip(*pts), "-o", ms=2.5, color=colours[t % len(colours)], label=task)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("‖task biases‖₂")
-    ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    return path
+    panels = [
+        (UNITS[k], [(f"{split}_{task}_{k}", f"{task} {split}", style, colours[t])
+                    for t, task in enumerate(tasks) for split, style in (("train", "--o"), ("val", "-o"))], True)
+        for k in keys
+    ]
+    panels.append(("‖task biases‖₂", [(f"bias_norm_{task}", task, "-o", colours[t]) for t, task in enumerate(tasks)], False))
+    return plot_curves(rows, panels, path, title)
 
 
 def _init_atomref(model: MultiTaskCHGNet, data: dict[str, list[LabelledStructure]], graphs: _Graphs, cfg: MultiTaskConfig, out: Path) -> dict[str, str]:
@@ -1029,11 +427,7 @@ def train_multitask(
             any training step.
         RuntimeError: the loss became NaN.
     """
-    config = copy.deepcopy(config) if config is not None else MultiTaskConfig()
-    for key, value in overrides.items():
-        if key not in {f.name for f in fields(MultiTaskConfig)}:
-            raise TypeError(f"train_multitask() got an unknown setting {key!r}")
-        setattr(config, key, value)
+    config = MultiTaskConfig.with_overrides(config, overrides, "train_multitask")
     train = _as_task_dict(train, "training data")
     tasks = list(train)
     bridge = _as_task_dict(bridge, "bridge data", tasks)
@@ -1090,7 +484,7 @@ def train_multitask(
         "base": str(base) if not isinstance(base, nn.Module) else f"<{type(base).__name__} module>",
         "config": asdict(config),
         "targets": targets,
-        "data": _fingerprint(train, val_d, bridge),
+        "data": fingerprint(train, val_d, bridge),
         "n_train": {t: len(train[t]) for t in tasks},
         "n_val": {t: len(val_d[t]) for t in tasks},
         "n_bridge": {t: len(bridge.get(t, [])) for t in tasks},
@@ -1109,7 +503,7 @@ def train_multitask(
             return _load_result(out, previous)
 
     device = torch.device(config.device)
-    if isinstance(base, (str, os.PathLike)) and Path(base).is_file() and is_multitask(_read(base)):
+    if isinstance(base, (str, os.PathLike)) and Path(base).is_file() and is_multitask(read_state(base)):
         model = MultiTaskCHGNet.load(base)
         if model.tasks != tasks:
             raise TransferDataError(f"multi-task base {base} has tasks {model.tasks}, the data {tasks}")
@@ -1129,7 +523,7 @@ def train_multitask(
     last_path = ckpt_dir / "last.pth.tar"
     resume_state = None
     if previous is not None and last_path.is_file():
-        resume_state = torch.load(last_path, map_location="cpu", weights_only=True)
+        resume_state = read_state(last_path)
         model = MultiTaskCHGNet.from_state(resume_state, where=str(last_path))
         graphs.model = model
         atomref_notes = resume_state["training"]["atomref_notes"]
@@ -1151,7 +545,7 @@ def train_multitask(
         scheduler.load_state_dict(tr["scheduler"])
         history = [dict(r) for r in tr["history"]]
         start, best_score, best_epoch = int(tr["epoch"]), float(tr["best_score"]), int(tr["best_epoch"])
-        print(f"resuming {out} after epoch {start} of {config.epochs}", file=sys.stderr)
+        logger.info("resuming %s after epoch %d of %d", out, start, config.epochs)
     settings["status"] = "running"
     settings["atomref"] = atomref_notes
     with atomic_write(run_file) as fh:
@@ -1191,7 +585,7 @@ def train_multitask(
         best_score, best_epoch = row[select], 0
         save_best(0, row)
         save_last(0)
-        _write_history(out / "history.csv", history, cols)
+        write_history(out / "history.csv", history, cols)
 
     loss_fn = _losses(config.loss, config.huber_delta)
     from tqdm.auto import tqdm
@@ -1224,7 +618,7 @@ def train_multitask(
             best_score, best_epoch = row[select], epoch + 1
             save_best(epoch + 1, row)
         save_last(epoch + 1)
-        _write_history(out / "history.csv", history, cols)
+        write_history(out / "history.csv", history, cols)
         bar.update(1)
         bar.set_postfix({"loss": f"{row['train_loss']:.4g}", "val": f"{row['val_score']:.4g}"})
         if callback is not None and callback(epoch + 1, row):
@@ -1253,7 +647,7 @@ def _metrics(row: Mapping[str, float], tasks: list[str], targets: dict[str, str]
 
 
 def _load_result(out: Path, settings: dict[str, Any]) -> MultiTaskResult:
-    state = torch.load(out / "checkpoints" / "last.pth.tar", map_location="cpu", weights_only=True)
+    state = read_state(out / "checkpoints" / "last.pth.tar")
     tr = state["training"]
     history = [dict(r) for r in tr["history"]]
     tasks, targets = settings["tasks"], settings["targets"]
@@ -1263,94 +657,3 @@ def _load_result(out: Path, settings: dict[str, Any]) -> MultiTaskResult:
         tasks=tasks, source_task=settings["source_task"], targets=targets, history=history, best_epoch=int(tr["best_epoch"]),
         metrics=_metrics(best_row, tasks, targets), atomref_notes=tr["atomref_notes"], resumed_from_epoch=int(tr["epoch"]),
     )
-
-
-# ====================================================================== command line
-def _task_files(items: Sequence[str] | None, option: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for item in items or []:
-        task, sep, path = item.partition("=")
-        if not sep or not task or not path:
-            raise TransferDataError(f"{option} {item!r}: a data set without a task; write {option} TASK=FILE (e.g. {option} r2scan=scan.extxyz)")
-        out.setdefault(task, []).append(path)
-    return out
-
-
-def cmd_multitask(args: Any) -> int:
-    from crossfunctional.transfer.data import read_labelled
-
-    def read(files: dict[str, list[str]]) -> dict[str, list[LabelledStructure]]:
-        return {task: [r for p in paths for r in read_labelled(p, energy_key=args.energy_key)] for task, paths in files.items()}
-
-    train_files = _task_files(args.task, "--task")
-    if not train_files:
-        raise TransferDataError("give at least one --task TASK=FILE")
-    train = read(train_files)
-    val = read(_task_files(args.val, "--val")) if args.val else None
-    tasks = list(train)
-    bridge: dict[str, list[LabelledStructure]] = {}
-    for path in args.bridge or []:
-        for task, recs in read_bridge(path, tasks).items():
-            bridge.setdefault(task, []).extend(recs)
-    weights = {}
-    for item in args.task_weight or []:
-        task, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--task-weight {item!r}: write TASK=WEIGHT")
-        weights[task] = float(value)
-    config = MultiTaskConfig(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, final_learning_rate=args.final_lr,
-        task_weights=weights, bias_l2=args.bias_l2, task_lr_factor=args.task_lr_factor, bridge_weight=args.bridge_weight,
-        atomref_fit=args.atomref_fit,
-        train_atomref=args.train_atomref, allow_rank_deficient=args.allow_rank_deficient, targets=args.targets,
-        val_fraction=args.val_fraction, best_task=args.best_task, seed=args.seed, device=args.device,
-    )
-    res = train_multitask(train, val, bridge or None, base=args.base, output_dir=args.output, config=config,
-                          source_task=args.source_task, progress=not args.no_progress)
-    print(f"best epoch {res.best_epoch}; validation MAEs:")
-    for task, m in res.metrics.items():
-        print(f"  {task:<12} " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
-    print(f"wrote {res.best_checkpoint}; run a task with CrossFunctionalCalculator(model=..., task=TASK) "
-          f"or export it: crossfunctional export {res.best_checkpoint} --task TASK -o TASK.pt")
-    return 0
-
-
-def add_multitask_command(transfer_parser: Any) -> None:
-    """Register ``crossfunctional transfer multitask`` on the ``transfer``
-    sub-command parser."""
-    import argparse
-
-    # argparse has no public accessor for a parser's sub-command group
-    tsub = next(a for a in transfer_parser._actions if isinstance(a, argparse._SubParsersAction))
-    t = tsub.add_parser("multitask", help="train one CHGNet on several functionals' data (task-specific parameters, Kim et al. 2025)")
-    t.add_argument("--task", action="append", required=True, metavar="TASK=FILE",
-                   help="training data of a task (repeat per task and file); the first task is the base model's own unless --source-task")
-    t.add_argument("--val", action="append", metavar="TASK=FILE",
-                   help="validation data of a task (default: --val-fraction of each task's data)")
-    t.add_argument("--bridge", action="append", metavar="FILE",
-                   help="domain-bridging set: extxyz with energy_<task>, forces_<task>, stress_<task> labels of >= 2 tasks per frame")
-    t.add_argument("--base", default="chgnet-0.3.0", help="single-task source model (default chgnet-0.3.0) or a multi-task checkpoint")
-    t.add_argument("--source-task", default=None, help="task the base model was trained on (keeps its AtomRef; default: the first --task)")
-    t.add_argument("-o", "--output", required=True, help="run directory (resumed if it holds an unfinished run)")
-    t.add_argument("--epochs", type=int, default=50, help="epochs (default 50)")
-    t.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    t.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default 1e-3)")
-    t.add_argument("--final-lr", type=float, default=1e-5, help="learning rate at the end of the cosine decay (default 1e-5)")
-    t.add_argument("--bias-l2", type=float, default=MultiTaskConfig.bias_l2,
-                   help=f"selective L2 weight on the task biases (default {MultiTaskConfig.bias_l2:g}, from the benchmark sweep)")
-    t.add_argument("--task-lr-factor", type=float, default=MultiTaskConfig.task_lr_factor,
-                   help=f"learning rate of the task biases relative to the shared weights (default {MultiTaskConfig.task_lr_factor:g})")
-    t.add_argument("--task-weight", action="append", metavar="TASK=W", help="loss weight of a task (default 1)")
-    t.add_argument("--bridge-weight", type=float, default=1.0, help="extra loss weight of bridge structures (default 1)")
-    t.add_argument("--atomref-fit", choices=["residual", "labels", "source"], default="residual",
-                   help="initial AtomRef of the non-source tasks (default residual: source + per-element shift fitted to label - prediction)")
-    t.add_argument("--train-atomref", action="store_true", help="train the per-task AtomRef (default frozen)")
-    t.add_argument("--allow-rank-deficient", action="store_true", help="accept a rank-deficient Eq. 2 fit (--atomref-fit labels)")
-    t.add_argument("--targets", default=None, help="restrict the trained labels, e.g. ef (default: all present)")
-    t.add_argument("--val-fraction", type=float, default=0.1, help="validation share without --val (default 0.1)")
-    t.add_argument("--best-task", default=None, help="pick best_model.pth.tar by this task's validation error (default: all tasks)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--energy-key", default=None, help="energy field in the data files (default: energy)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
-    t.set_defaults(func=cmd_multitask)

@@ -411,35 +411,75 @@ class DensityBenchmark:
         return buf.getvalue()
 
     def plot(self, path: str | os.PathLike) -> Path:
-        """Parity plot (PNG) of predicted against experimental lattice constant:
-        one marker set per model plus PBE, with the y = x line; MAREs in the legend."""
+        """Error plot (PNG): relative error of the lattice constant against
+        experiment, 100 · (a − a_exp) / a_exp in %, for every solid, with the
+        solids grouped by structure type (:data:`PROTOTYPES`, in order of first
+        appearance; the order of :attr:`solids` within a group). One marker set per model and
+        PBE for reference, a zero line, MARE and MRE in the legend; an
+        unconverged relaxation is drawn as an open marker.
+
+        Args:
+            path: the PNG to write (atomically).
+
+        Returns:
+            ``path`` as a :class:`~pathlib.Path`.
+        """
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(5.5, 5.0), dpi=150)
+        labels = {"rocksalt": "rock\nsalt", "cesium_chloride": "CsCl", "zincblende": "zinc\nblende"}
+        groups: dict[str, list[SolidResult]] = {}
+        for s in self.solids:
+            groups.setdefault(s.solid.prototype, []).append(s)
+        ordered = [s for members in groups.values() for s in members]
+        x = np.arange(len(ordered), dtype=float)
+        wide = len(ordered) > 20  # legend above the axes; else beside them, in one column
+        width = 0.19 * len(ordered) + 1.6 if wide else 0.55 * len(ordered) + 5.0
+        fig = Figure(figsize=(max(6.0, width), 5.0), dpi=150, layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        a_exp = np.array([s.solid.a_exp for s in self.solids])
+
+        start = 0
+        for k, (prototype, members) in enumerate(groups.items()):
+            stop = start + len(members)
+            if k % 2:
+                ax.axvspan(start - 0.5, stop - 0.5, color="0.93", zorder=0, lw=0)
+            text = labels.get(prototype, prototype)
+            ax.text((start + stop - 1) / 2, 1.01, text.replace("\n", " ") if wide else text,
+                    transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)  # fmt: skip
+            start = stop
+        ax.axhline(0.0, color="k", lw=0.8, zorder=1)
+
         summary = self.summary
-        markers = ["o", "s", "^", "D", "v", "P", "X"]
+        pbe = np.array([s.pbe_rel_error_percent for s in ordered])
+        label = f"PBE (MARE {summary[PBE]['mare_percent']:.2f} %, MRE {summary[PBE]['mre_percent']:+.2f} %)"
+        ax.scatter(x, pbe, marker="x", s=20, color="0.45", zorder=2, label=label)
+        markers = ["o", "s", "^", "D", "v", "P"]
+        n = len(self.models)
         for i, m in enumerate(self.models):
-            a = np.array([s.models[m].a for s in self.solids])
-            ax.scatter(a_exp, a, marker=markers[i % len(markers)], s=22, alpha=0.75,
-                       label=f"{m} (MARE {summary[m]['mare_percent']:.2f} %)")  # fmt: skip
-        a_pbe = np.array([s.solid.a_pbe for s in self.solids])
-        ax.scatter(a_exp, a_pbe, marker="x", s=22, color="0.35", label=f"PBE (MARE {summary[PBE]['mare_percent']:.2f} %)")
-        values = np.concatenate([a_exp, a_pbe, *[[s.models[m].a for s in self.solids] for m in self.models]])
-        lo, hi = float(values.min()), float(values.max())
-        pad = 0.03 * (hi - lo) + 0.05
-        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="k", lw=0.8, zorder=0)
-        ax.set_xlim(lo - pad, hi + pad)
-        ax.set_ylim(lo - pad, hi + pad)
-        ax.set_aspect("equal")
-        ax.set_xlabel("experimental lattice constant a (Å)")
-        ax.set_ylabel("predicted lattice constant a (Å)")
-        ax.set_title(f"Sol58LC lattice constants ({len(self.solids)} solids)")
-        ax.legend(loc="upper left", fontsize=8)
-        fig.tight_layout()
+            colour = f"C{i}"
+            offset = 0.0 if n == 1 else 0.3 * (i / (n - 1) - 0.5)
+            err = np.array([s.models[m].rel_error_percent for s in ordered])
+            conv = np.array([bool(s.models[m].converged) for s in ordered])
+            label = f"{m} (MARE {summary[m]['mare_percent']:.2f} %, MRE {summary[m]['mre_percent']:+.2f} %)"
+            ax.scatter(x[conv] + offset, err[conv], marker=markers[i % len(markers)], s=22, color=colour,
+                       alpha=0.85, zorder=3, label=label)  # fmt: skip
+            if not conv.all():
+                ax.scatter(x[~conv] + offset, err[~conv], marker=markers[i % len(markers)], s=22, zorder=3,
+                           facecolors="none", edgecolors=colour, label=f"{m}, not converged")  # fmt: skip
+
+        ax.set_xticks(x)
+        ax.set_xticklabels([s.solid.formula for s in ordered], rotation=90, fontsize=7)
+        ax.set_xlim(-0.7, len(ordered) - 0.3)
+        ax.set_ylabel("lattice constant error vs experiment (%)")
+        ax.grid(axis="y", color="0.85", lw=0.5)
+        ax.set_axisbelow(True)
+        if wide:
+            ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=3, fontsize=8, frameon=False)
+        else:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+        title = f"Sol58LC lattice constants against experiment ({len(ordered)} solids; above 0: too large)"
+        fig.suptitle(title, fontsize=10)
         target = Path(path)
         with atomic_path(target) as tmp:
             fig.savefig(tmp, format="png")
@@ -447,7 +487,7 @@ class DensityBenchmark:
 
     def write(self, output_dir: str | os.PathLike) -> dict[str, Path]:
         """Write ``density_benchmark.json`` (:meth:`to_dict`), ``density_benchmark.csv``
-        (:meth:`to_csv`) and ``density_parity.png`` (:meth:`plot`) into
+        (:meth:`to_csv`) and ``density_errors.png`` (:meth:`plot`) into
         ``output_dir`` (created if needed), each atomically.
 
         Returns:
@@ -458,7 +498,7 @@ class DensityBenchmark:
         paths = {
             "json": out / "density_benchmark.json",
             "csv": out / "density_benchmark.csv",
-            "png": out / "density_parity.png",
+            "png": out / "density_errors.png",
         }
         with atomic_write(paths["json"], encoding="utf-8") as handle:
             json.dump(self.to_dict(), handle, indent=2)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.data import atomic_masses, atomic_numbers, chemical_symbols
+from ase.data import atomic_numbers
 
 __all__ = [
     "LammpsData",
@@ -178,10 +178,12 @@ def _dispersion(model_path: Path, dispersion: str | None, functional: str | None
     return dispersion_for_model(dispersion, functional, model_metadata(load_model(model_path)))
 
 
-def _pair_commands(model_path: Path, atoms: Atoms, species: list[str], threads: int | None, disp) -> list[str]:
+def _pair_commands(
+    model_path: Path, atoms: Atoms, species: list[str], threads: int | None, disp, device: str = "cpu"
+) -> list[str]:
     """``pair_style``/``pair_coeff`` (and ``neigh_modify``) lines for the model,
     with LAMMPS' dispersion/d3 overlaid when it can compute ``disp``."""
-    thread_arg = f" threads {int(threads)}" if threads else ""
+    thread_arg = (f" threads {int(threads)}" if threads else "") + (f" device {device}" if str(device) != "cpu" else "")
     elements = " ".join(species)
     if disp is None or (disp.method, disp.functional) not in NATIVE_DISPERSION:
         return [f"pair_style chgnet {model_path}{thread_arg}", f"pair_coeff * * {elements}"]
@@ -447,6 +449,8 @@ def run_md(
     threads: int | None = None,
     workdir: str | os.PathLike | None = None,
     extra_commands: list[str] | None = None,
+    device: str = "cpu",
+    dtype: str | None = None,
     dispersion: str | None = None,
     dispersion_functional: str | None = None,
 ) -> MDResult:
@@ -468,6 +472,9 @@ def run_md(
         workdir: folder for the data file, log and dump (default: temporary,
             removed afterwards).
         extra_commands: LAMMPS commands inserted before ``run``.
+        device: ``pair_style chgnet ... device`` (cpu or cuda).
+        dtype: precision of the export when ``model`` is a registered name
+            (default float32).
         dispersion, dispersion_functional: a dispersion correction as for the
             ASE calculator (see the module docstring for the two routes).
 
@@ -489,7 +496,7 @@ def run_md(
 
             if str(model) not in MODELS:
                 raise FileNotFoundError(f"model {model!r} is neither a file nor a registered model name")
-            model_path = export(str(model), folder / f"{model}.pt")
+            model_path = export(str(model), folder / f"{model}.pt", dtype=dtype or "float32")
         data = write_data(atoms, folder / "start.data")
         has_velocities = np.abs(atoms.get_velocities()).max() > 0 if len(atoms) else False
         disp = _dispersion(model_path, dispersion, dispersion_functional)
@@ -501,7 +508,7 @@ def run_md(
             "atom_style atomic",
             f"boundary {data.boundary}",
             f"read_data {data.path}",
-            *_pair_commands(model_path.resolve(), atoms, data.species, threads, disp),
+            *_pair_commands(model_path.resolve(), atoms, data.species, threads, disp, device),
             *(external.commands() if external else []),
             f"timestep {timestep / 1000.0}",
         ]
@@ -563,6 +570,8 @@ def ase_md(
     tdamp: float = 100.0,
     pdamp: float = 1000.0,
     seed: int = 12345,
+    device: str = "cpu",
+    dtype: str | None = None,
     dispersion: str | None = None,
     dispersion_functional: str | None = None,
 ) -> MDResult:
@@ -581,7 +590,9 @@ def ase_md(
     if calculator is None:
         from crossfunctional.calculators import CrossFunctionalCalculator
 
-        calculator = CrossFunctionalCalculator(model, dispersion=dispersion, dispersion_functional=dispersion_functional)
+        calculator = CrossFunctionalCalculator(
+            model, device=device, dtype=dtype, dispersion=dispersion, dispersion_functional=dispersion_functional
+        )
     elif dispersion is not None or dispersion_functional is not None:
         raise ValueError("dispersion= applies to a calculator made here; pass CrossFunctionalCalculator(..., dispersion=...)")
     atoms = atoms.copy()
@@ -639,60 +650,3 @@ def ase_md(
     dyn.attach(record, interval=1)  # also called once before the first step
     dyn.run(steps)
     return MDResult(trajectory=trajectory, thermo=pd.DataFrame(rows), engine="ase", info={"ensemble": ensemble})
-
-
-# ----------------------------------------------------------------------- CLI
-def _cmd_md(args) -> int:
-    from crossfunctional.io import read_structures
-
-    atoms = read_structures(args.structure, index=-1)[0]
-    out = Path(args.output)
-    common = dict(
-        ensemble=args.ensemble, temperature=args.temperature, pressure=args.pressure, timestep=args.timestep,
-        steps=args.steps, thermo_every=args.thermo, dump_every=args.dump, tdamp=args.tdamp, pdamp=args.pdamp,
-        seed=args.seed,
-    )  # fmt: skip
-    if args.engine == "lammps":
-        result = run_md(atoms, args.model, threads=args.threads, workdir=out / "lammps", barostat=args.barostat, **common)
-    else:
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        result = ase_md(atoms, model=args.model, **common)
-    paths = result.write(out)
-    last = result.thermo.iloc[-1]
-    print(
-        f"{args.engine} {args.ensemble.upper()} {args.steps} steps of {atoms.get_chemical_formula()}: "
-        f"final T = {last['temp_K']:.1f} K, PE = {last['pe_eV']:.6f} eV"
-        + (f", V = {last['vol_A3']:.3f} Å^3" if "vol_A3" in last else "")
-    )
-    print(f"wrote {paths['trajectory']} ({len(result.trajectory)} frames) and {paths['thermo']}")
-    return 0
-
-
-def add_md_command(sub) -> None:
-    """Register ``crossfunctional md`` on the command line's sub-parsers."""
-    p = sub.add_parser(
-        "md",
-        help="molecular dynamics (NVE/NVT/NPT) in LAMMPS with pair_style chgnet, or with ASE",
-        description="Run MD from any structure file ase.io.read understands; writes trajectory.extxyz and "
-        "thermo.csv (and, for LAMMPS, lammps/log.lammps) into the output folder.",
-    )
-    p.add_argument("structure", help="start structure (the last frame of the file)")
-    p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--engine", choices=["lammps", "ase"], default="lammps", help="LAMMPS plugin (default) or ASE")
-    p.add_argument("--model", default="chgnet-r2scan", help="exported .pt file or registered model name")
-    p.add_argument("--ensemble", choices=["nve", "nvt", "npt"], default="nvt")
-    p.add_argument("-T", "--temperature", type=float, default=300.0, help="K (default 300)")
-    p.add_argument("-P", "--pressure", type=float, default=0.0, help="GPa, NPT only (default 0)")
-    p.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--thermo", type=int, default=10, help="thermo output every N steps (default 10)")
-    p.add_argument("--dump", type=int, default=100, help="trajectory frame every N steps (default 100; 0: none)")
-    p.add_argument("--tdamp", type=float, default=100.0, help="thermostat damping time, fs (default 100)")
-    p.add_argument("--pdamp", type=float, default=1000.0, help="barostat damping time, fs (default 1000)")
-    p.add_argument("--barostat", choices=["iso", "aniso", "tri"], default="iso", help="NPT cell fluctuations (LAMMPS)")
-    p.add_argument("--seed", type=int, default=12345, help="velocity seed")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.set_defaults(func=_cmd_md)

@@ -1,8 +1,11 @@
-"""``crossfunctional transfer ...`` sub-commands (registered by :func:`add_transfer_commands`).
+"""``crossfunctional transfer ...``: AtomRef refit, correlation, re-referencing,
+fine-tuning, the scaling law and multi-task training.
 
 ::
 
     crossfunctional transfer fit-atomref  data.extxyz --base chgnet-0.3.0 -o atomref.json
+    crossfunctional transfer fit-atomref  mp.json.gz --energy-key e_r2scan --energy-per-atom \\
+            --base chgnet-0.3.0 --prior matpes -o atomref.json
     crossfunctional transfer correlate    data.extxyz --base chgnet-0.3.0 --output corr/
     crossfunctional transfer rereference  chgnet-0.3.0 --atomref atomref.json -o model.pt
     crossfunctional transfer finetune     train.extxyz --val val.extxyz --base chgnet-0.3.0 \\
@@ -21,20 +24,40 @@ import json
 from pathlib import Path
 
 
-def _read(paths: list[str], energy_key: str | None):
-    from crossfunctional.transfer.data import read_labelled
+def _read(paths: list[str], args: argparse.Namespace):
+    from crossfunctional.transfer.data import TransferDataError, read_labelled
 
+    per_atom = getattr(args, "energy_per_atom", None)
     records = []
     for path in paths:
-        records.extend(read_labelled(path, energy_key=energy_key))
+        is_json = str(path).lower().endswith((".json", ".json.gz"))
+        if per_atom is not None and not is_json:
+            raise TransferDataError(f"{path}: --energy-per-atom/--energy-total apply to JSON data only")
+        kwargs = {"energy_per_atom": per_atom} if per_atom is not None else {}
+        records.extend(read_labelled(path, energy_key=args.energy_key, **kwargs))
     return records
+
+
+def _energy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--energy-key", default=None, help="energy field in the data files (default: energy)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--energy-per-atom", dest="energy_per_atom", action="store_const", const=True, default=None,
+                       help="the energies under --energy-key are per atom (JSON data; default: known keys only)")
+    group.add_argument("--energy-total", dest="energy_per_atom", action="store_const", const=False,
+                       help="the energies under --energy-key are totals (JSON data)")
 
 
 def cmd_fit_atomref(args: argparse.Namespace) -> int:
     from crossfunctional.transfer.atomref import fit_atomref
 
-    records = _read(args.data, args.energy_key)
-    fit = fit_atomref(records, source=args.base, allow_rank_deficient=args.allow_rank_deficient)
+    records = _read(args.data, args)
+    if args.prior is not None or args.prior_elements is not None:
+        from crossfunctional.transfer.atomref import fit_atomref_with_prior
+
+        prior = tuple(args.prior_elements) if args.prior_elements else ("matpes" if args.prior == "matpes" else None)
+        fit = fit_atomref_with_prior(records, base=args.base, prior=prior)
+    else:
+        fit = fit_atomref(records, source=args.base, allow_rank_deficient=args.allow_rank_deficient)
     fit.write(args.output)
     print(fit.summary())
     print(f"wrote {args.output}")
@@ -44,7 +67,7 @@ def cmd_fit_atomref(args: argparse.Namespace) -> int:
 def cmd_correlate(args: argparse.Namespace) -> int:
     from crossfunctional.transfer.atomref import correlate
 
-    records = _read(args.data, args.energy_key)
+    records = _read(args.data, args)
     result = correlate(records, source=args.base, target_atomref=args.target_atomref)
     print(
         f"n = {result.n}: Pearson ρ before referencing {result.pearson_before:.4f}, after {result.pearson_after:.4f} "
@@ -85,10 +108,10 @@ def _config(args: argparse.Namespace):
 def _splits(args: argparse.Namespace):
     from crossfunctional.transfer.data import split_records
 
-    train = _read(args.train, args.energy_key)
+    train = _read(args.train, args)
     if args.val:
-        val = _read(args.val, args.energy_key)
-        test = _read(args.test, args.energy_key) if getattr(args, "test", None) else None
+        val = _read(args.val, args)
+        test = _read(args.test, args) if getattr(args, "test", None) else None
         return train, val, test
     fractions = args.split
     parts = split_records(train, fractions, by=args.split_by, seed=args.seed)
@@ -111,7 +134,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_scaling(args: argparse.Namespace) -> int:
-    from crossfunctional.transfer.finetune import scaling_law
+    from crossfunctional.transfer.scaling import scaling_law
 
     train, val, _ = _splits(args)
     result = scaling_law(train, val, args.sizes, output_dir=args.output, methods=args.methods, base=args.base,
@@ -142,24 +165,31 @@ def _training_options(p: argparse.ArgumentParser, with_test: bool) -> None:
     p.add_argument("--targets", default=None, help="chgnet targets, e.g. efs (default: the labels present)")
     p.add_argument("--seed", type=int, default=0, help="random seed for splits, initialisation and batches")
     p.add_argument("--device", default="cpu", help="torch device for training (default cpu)")
-    p.add_argument("--energy-key", default=None, help="energy field in the data files (default: energy)")
+    _energy_options(p)
     p.add_argument("--allow-rank-deficient", action="store_true",
                    help="accept an AtomRef fit the data cannot fully determine (undetermined parts keep the source's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def add_transfer_commands(sub: argparse._SubParsersAction) -> None:
-    """Register ``crossfunctional transfer {fit-atomref,correlate,rereference,finetune,scaling}``."""
+def register(sub: argparse._SubParsersAction) -> None:
+    """Register ``transfer`` and its sub-commands (fit-atomref, correlate,
+    rereference, finetune, scaling, multitask)."""
     from crossfunctional.transfer.finetune import METHODS
 
     p = sub.add_parser("transfer", help="transfer a pretrained model to a new functional (AtomRef refit, fine-tuning)")
     tsub = p.add_subparsers(dest="transfer", required=True)
 
-    t = tsub.add_parser("fit-atomref", help="fit AtomRef to labelled data (Eq. 2) and write atomref.json")
+    t = tsub.add_parser("fit-atomref", help="fit AtomRef to labelled data (Eq. 2, or with an elemental prior) and write atomref.json")
     t.add_argument("data", nargs="+", help="labelled data file(s)")
     t.add_argument("--base", default="chgnet-0.3.0", help="model whose AtomRef absent elements keep (default chgnet-0.3.0)")
     t.add_argument("-o", "--output", required=True, help="output atomref.json")
-    t.add_argument("--energy-key", default=None, help="energy field in the data files (default: energy)")
+    _energy_options(t)
+    t.add_argument("--prior", choices=["matpes", "none"], default=None,
+                   help="refit the base model's AtomRef as base + elemental prior + ridge fit of the residual: "
+                   "'matpes' uses the shipped MatPES r2SCAN - PBE elemental ground states, 'none' no prior "
+                   "(default: plain Eq. 2)")
+    t.add_argument("--prior-elements", nargs=2, metavar=("SOURCE.json", "TARGET.json"), default=None,
+                   help="a prior from your own elemental calculations at the source and target level (JSON records)")
     t.add_argument("--allow-rank-deficient", action="store_true",
                    help="accept rank-deficient data (undetermined directions keep the base AtomRef)")
     t.set_defaults(func=cmd_fit_atomref)
@@ -169,15 +199,15 @@ def add_transfer_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--base", default="chgnet-0.3.0", help="source model (default chgnet-0.3.0)")
     t.add_argument("--target-atomref", default=None,
                    help="AtomRef subtracted from the labels: atomref.json or a model (default: Eq. 2 fit on the labels)")
-    t.add_argument("-o", "--output", help="write DIR/correlation.json, correlation.csv and correlation.png")
-    t.add_argument("--energy-key", default=None, help="energy field in the data files (default: energy)")
+    t.add_argument("-o", "--output", help="write DIR/correlation.json, correlation.csv and correlation.png (default: print only)")
+    _energy_options(t)
     t.set_defaults(func=cmd_correlate)
 
     t = tsub.add_parser("rereference", help="replace a model's AtomRef (Eq. 3) and export it as TorchScript")
     t.add_argument("model", help="model name, chgnet checkpoint or TorchScript file")
     t.add_argument("--atomref", required=True, help="atomref.json (from fit-atomref) or a model to take the AtomRef from")
     t.add_argument("-o", "--output", required=True, help="output .pt file")
-    t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    t.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="precision of the export (default float32)")
     t.set_defaults(func=cmd_rereference)
 
     t = tsub.add_parser("finetune", help="fine-tune with chgnet's Trainer by one of the paper's four methods")
@@ -195,3 +225,7 @@ def add_transfer_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--fit-min-size", type=int, default=0, help="fit only sizes >= this (the paper used 1000)")
     t.add_argument("-o", "--output", required=True, help="output directory")
     t.set_defaults(func=cmd_scaling)
+
+    from crossfunctional.cli.multitask import register as register_multitask
+
+    register_multitask(tsub)

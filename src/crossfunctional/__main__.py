@@ -1,0 +1,7 @@
+"""``python -m crossfunctional``: the same as the ``crossfunctional`` command."""
+
+import sys
+
+from crossfunctional.cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""The command line under faults: a broken frame among good ones, outputs
+that cannot be written (checked before any work)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from ase import Atoms
+from ase.build import bulk
+from ase.io import write
+
+from crossfunctional.cli import main
+
+
+def test_broken_frame_among_good_ones(tmp_path, capsys):
+    good = bulk("Si", "diamond", a=5.43)
+    broken = Atoms("Si2", positions=[[0, 0, 0], [0.3, 0, 0]], cell=[5, 5, 5], pbc=True)  # atoms 0.3 Å apart
+    src = tmp_path / "traj.extxyz"
+    write(src, [good, broken, good])
+    out = tmp_path / "out.json"
+    assert main(["predict", str(src), "-o", str(out)]) == 1  # non-zero: a frame failed
+    err = capsys.readouterr().err
+    assert "frame 1: Si2  FAILED:" in err and "atoms 0 and 1 are 0.300 Å apart" in err
+    assert "1 of 3 frames failed (frames 1)" in err
+    data = json.loads(out.read_text())
+    assert [f["frame"] for f in data["frames"]] == [0, 2] and data["failed_frames"] == [1]
+    assert data["frames"][0]["energy_eV"] == data["frames"][1]["energy_eV"]
+
+
+def test_read_only_output_is_never_replaced(tmp_path, capsys):
+    src = tmp_path / "si.extxyz"
+    write(src, bulk("Si", "diamond", a=5.43))
+    out = tmp_path / "out.json"
+    out.write_text("the user's file\n")
+    os.chmod(out, 0o444)
+    assert main(["predict", str(src), "-o", str(out)]) == 2
+    assert "read-only; not replacing it" in capsys.readouterr().err
+    assert out.read_text() == "the user's file\n"
+
+
+def test_unwritable_output_fails_before_computing(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    start = time.perf_counter()
+    code = main(["benchmark", "density", "--solids", "Si_diamond", "--output", str(blocker / "results")])
+    assert code == 2 and time.perf_counter() - start < 5.0  # refused before any relaxation
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["relax", str(tmp_path / "missing.cif"), "-o", str(blocker / "x.cif")]) == 2
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    from crossfunctional.io import atomic_write
+
+    target = tmp_path / "results.json"
+    try:
+        with atomic_write(target) as fh:
+            fh.write("partial")
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert not target.exists() and list(tmp_path.iterdir()) == []
