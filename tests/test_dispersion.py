@@ -185,3 +185,24 @@ def test_bad_settings_are_named(our_models):
         CrossFunctionalCalculator(own, dispersion="d4")
     calc = CrossFunctionalCalculator(own, dispersion="d4", dispersion_functional="r2scan")
     assert calc.dispersion.label == "r2scan-D4"
+
+
+def test_cli_predict_with_dispersion(tmp_path, our_models, capsys):
+    from ase.io import write
+
+    from crossfunctional.calculators.dispersion import DISPERSION_METHODS
+    from crossfunctional.cli import main
+    from crossfunctional.cli.common import DISPERSION_CHOICES
+
+    assert set(DISPERSION_CHOICES) == set(DISPERSION_METHODS)
+    atoms = _mgo()
+    write(tmp_path / "mgo.extxyz", atoms)
+    out = tmp_path / "pred.json"
+    assert main(["predict", str(tmp_path / "mgo.extxyz"), "--dtype", "float64", "--dispersion", "d4", "-o", str(out)]) == 0
+    frame = json.loads(out.read_text())["frames"][0]
+    ref = _evaluate(atoms, CrossFunctionalCalculator(our_models[("chgnet-r2scan", "float64")], dispersion="d4"))
+    assert abs(frame["energy_eV"] - ref["energy"]) / len(atoms) < TOL_E
+    np.testing.assert_allclose(frame["forces_eV_per_A"], ref["forces"], atol=TOL_F)
+    rc = main(["predict", str(tmp_path / "mgo.extxyz"), "--dispersion", "d3bj", "--dispersion-functional", "nosuchxc"])
+    assert rc == 2
+    assert "no D3(BJ) parameters for functional 'nosuchxc'" in capsys.readouterr().err

@@ -65,10 +65,26 @@ def test_elastic_tensor_has_cubic_symmetry(model, solid, elastic_results):
     off[:3, :3] = 0
     off[[3, 4, 5], [3, 4, 5]] = 0
     np.testing.assert_allclose(off, 0.0, atol=tol)
+    assert res.asymmetry < 0.2  # the fit itself is symmetric in the cubic frame
     assert res.born_stable and res.eigenvalues.min() > 0
     # Voigt and Reuss bulk moduli coincide for cubic crystals: (C11 + 2 C12) / 3
     assert res.k_voigt == pytest.approx((c11 + 2 * c12) / 3, rel=1e-3)
     assert res.k_reuss == pytest.approx(res.k_voigt, rel=1e-3)
+
+
+def test_elastic_tensor_is_frame_independent():
+    """The same crystal in a rotated Cartesian frame (a along x, as a CIF file
+    reads back): its tensor, rotated back, equals the cubic-frame tensor (EMT Cu)."""
+    from ase.geometry import cellpar_to_cell
+
+    aligned = bulk("Cu", "fcc", a=3.6)
+    rotated = Atoms("Cu", cell=cellpar_to_cell(aligned.cell.cellpar()), pbc=True)
+    rotation = rotated.cell.array.T @ np.linalg.inv(aligned.cell.array.T)
+    assert np.abs(rotation - np.eye(3)).max() > 0.1  # really another frame
+    ref, other = elastic(aligned, EMT()), elastic(rotated, EMT())
+    assert np.abs(other.voigt[0, 3]) > 10  # not of cubic form in the rotated frame
+    np.testing.assert_allclose(other.elastic_tensor.rotate(rotation.T).voigt, ref.voigt, atol=0.5)  # GPa
+    assert other.k_vrh == pytest.approx(ref.k_vrh, rel=2e-3) and other.g_vrh == pytest.approx(ref.g_vrh, rel=5e-3)
 
 
 def test_tensor_bulk_modulus_equals_eos_b0(calc64, elastic_results):
@@ -188,3 +204,25 @@ def test_layered_solids_build_and_relax():
     assert plain["converged"] and d3["converged"]
     assert d3["interlayer"] < plain["interlayer"]  # dispersion binds the layers more tightly
     assert abs(d3["a_error"]) < 2  # in-plane bonds barely change
+
+
+def test_cli_eos_elastic_and_bulk_moduli(tmp_path, capsys):
+    from ase.io import write
+
+    from crossfunctional.cli import main
+
+    write(tmp_path / "mgo.cif", CUBIC["MgO"])
+    assert main(["eos", str(tmp_path / "mgo.cif"), "-o", str(tmp_path / "eos"), "--dtype", "float64", "--n-volumes", "7"]) == 0
+    eos_data = json.loads((tmp_path / "eos" / "eos.json").read_text())
+    assert 100 < eos_data["b0"] < 200 and "B0 =" in capsys.readouterr().out
+    assert main(["elastic", str(tmp_path / "mgo.cif"), "-o", str(tmp_path / "el"), "--dtype", "float64", "--dispersion", "d3bj"]) == 0
+    el = json.loads((tmp_path / "el" / "elastic.json").read_text())
+    assert el["model"] == "chgnet-r2scan+r2scan-D3(BJ)" and el["born_stable"]
+    assert "Born stability: stable" in capsys.readouterr().out
+    out = tmp_path / "bm"
+    assert main(["benchmark", "bulk-moduli", "--models", "chgnet-r2scan", "--solids", "NaCl_b1", "--n-volumes", "7",
+                 "--output", str(out)]) == 0  # fmt: skip
+    data = json.loads((out / "bulk_moduli_benchmark.json").read_text())
+    assert data["solids"][0]["name"] == "NaCl_b1" and data["solids"][0]["models"]["chgnet-r2scan"]["b0"] > 10
+    assert (out / "bulk_moduli_parity.png").is_file() and (out / "bulk_moduli_benchmark.csv").is_file()
+    assert main(["eos", str(tmp_path / "missing.cif"), "-o", str(tmp_path / "x")]) == 2  # one-line error

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from crossfunctional.cli.common import add_dispersion_options, dispersion_kwargs
 from crossfunctional.models import DEFAULT_MODEL
 from crossfunctional.workflows.phonons import (
     DEFAULT_IMAGINARY_THRESHOLD,
@@ -60,6 +61,7 @@ def register(subparsers) -> None:
     # no --dtype: finite-difference force constants need float64, which the workflow sets
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or file (default {DEFAULT_MODEL})")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
+    add_dispersion_options(p)
     p.set_defaults(func=cmd_phonons)
 
 
@@ -75,9 +77,15 @@ def cmd_phonons(args: argparse.Namespace) -> int:
     from crossfunctional.io import read_structures
 
     atoms = read_structures(args.structure, index=-1)[0]
+    calculator = None
+    if args.dispersion or args.dispersion_functional:
+        from crossfunctional.calculators import CrossFunctionalCalculator
+
+        calculator = CrossFunctionalCalculator(args.model, device=args.device, dtype="float64", **dispersion_kwargs(args))
     result = phonons(
         atoms,
         model=args.model,
+        calculator=calculator,
         device=args.device,
         relax=not args.no_relax,
         fmax=args.fmax,

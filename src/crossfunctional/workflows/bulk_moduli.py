@@ -32,7 +32,7 @@ import numpy as np
 from ase import Atoms
 
 from crossfunctional.data import data_path
-from crossfunctional.io import atomic_path, atomic_write
+from crossfunctional.io import atomic_write, save_figure
 from crossfunctional.workflows.eos import EOSError, eos
 
 __all__ = ["BM32Solid", "BulkModuliBenchmark", "build_bm32_solid", "bulk_moduli_benchmark", "load_bm32"]
@@ -302,10 +302,7 @@ class BulkModuliBenchmark:
         ax.set_title(f"BM32 bulk moduli ({len(self.solids)} solids)")
         ax.legend(loc="upper left", fontsize=7)
         fig.tight_layout()
-        target = Path(path)
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format="png")
-        return target
+        return save_figure(fig, path, dpi=150)
 
     def write(self, output_dir: str | os.PathLike) -> dict[str, Path]:
         """Write ``bulk_moduli_benchmark.json`` (:meth:`to_dict`),

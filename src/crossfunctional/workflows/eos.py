@@ -34,7 +34,7 @@ from ase.filters import FrechetCellFilter
 from ase.units import GPa
 
 from crossfunctional.errors import CrossFunctionalError
-from crossfunctional.io import atomic_path, atomic_write
+from crossfunctional.io import atomic_write, save_figure
 from crossfunctional.models import DEFAULT_MODEL
 from crossfunctional.workflows.relax import relax
 
@@ -245,10 +245,7 @@ class EOSResult:
         ax.set_title(f"{self.atoms.get_chemical_formula()}: B0 = {self.b0:.1f} GPa, B0' = {self.b0_prime:.2f}")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        target = Path(path)
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format="png")
-        return target
+        return save_figure(fig, path, dpi=150)
 
     def write(self, output_dir: str | os.PathLike) -> dict[str, Path]:
         """Write ``eos.json`` (:meth:`to_dict`), ``eos.csv`` (volume, energy,
@@ -358,7 +355,6 @@ def eos(
     relaxed.calc = None
     cubic = is_cubic(relaxed, symprec)
     shape_relax = (not cubic) if relax_at_volume is None else bool(relax_at_volume)
-    v_ref = relaxed.get_volume()
     volumes, energies, converged = [], [], []
     for x in np.linspace(-volume_range, volume_range, int(n_volumes)):
         work = relaxed.copy()

@@ -41,7 +41,7 @@ import numpy as np
 from ase import Atoms
 
 from crossfunctional.data import data_path
-from crossfunctional.io import atomic_path, atomic_write
+from crossfunctional.io import atomic_write, save_figure
 from crossfunctional.workflows.eos import relax_crystal
 
 __all__ = ["PROTOTYPES", "LayeredBenchmark", "LayeredSolid", "build_layered_solid", "layered_benchmark", "load_layered_solids"]
@@ -276,10 +276,7 @@ class LayeredBenchmark:
             ax.set_title(title + " (bars clipped at ±30 %)", fontsize=9)
         axes[0].legend(fontsize=6)
         fig.tight_layout()
-        target = Path(path)
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format="png")
-        return target
+        return save_figure(fig, path, dpi=150)
 
     def write(self, output_dir: str | os.PathLike) -> dict[str, Path]:
         """Write ``layered_benchmark.json``, ``layered_benchmark.csv`` and
