@@ -13,7 +13,7 @@ models without it (labels ``<model>+<dispersion>``).
 
 Usage (from the repository root)::
 
-    python benchmarks/bulk_moduli.py                                # 32 solids x 2 models, a few minutes
+    python benchmarks/bulk_moduli.py                                # 32 solids x 2 models, one to two minutes
     python benchmarks/bulk_moduli.py --dispersion d3bj              # both models without and with D3(BJ)
     python benchmarks/bulk_moduli.py --solids MgO_b1 Cu_fcc --output /tmp/bm
 """

@@ -14,7 +14,7 @@ Written to ``--output`` (default ``benchmarks/results/dispersion/sol58lc``):
 
 Usage (from the repository root)::
 
-    python benchmarks/dispersion_sol58lc.py                       # 58 solids x 2 models x 3 settings, about 1-2 h on one core
+    python benchmarks/dispersion_sol58lc.py                       # 58 solids x 2 models x 3 settings, about a minute on one core
     python benchmarks/dispersion_sol58lc.py --reuse-plain         # take the runs without dispersion from benchmarks/results/density/
     python benchmarks/dispersion_sol58lc.py --solids Cu_fcc Si_diamond NaCl_b1 --output /tmp/sol_disp
 """

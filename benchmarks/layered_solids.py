@@ -12,7 +12,7 @@ Written to ``--output`` (default ``benchmarks/results/dispersion/layered``):
 
 Usage (from the repository root)::
 
-    python benchmarks/layered_solids.py                             # 4 solids x 2 models x 3 settings, a few minutes
+    python benchmarks/layered_solids.py                             # 4 solids x 2 models x 3 settings, about a minute
     python benchmarks/layered_solids.py --dispersions none d3bj d4 d4-atm
     python benchmarks/layered_solids.py --solids graphite --output /tmp/layered
 """
