@@ -12,7 +12,7 @@ from crossfunctional.workflows.density import (
     load_sol58lc,
 )
 from crossfunctional.workflows.elastic import ElasticResult, elastic
-from crossfunctional.workflows.eos import EOSError, EOSResult, eos
+from crossfunctional.workflows.eos import EOSResult, PropertyError, eos
 from crossfunctional.workflows.layered import LayeredBenchmark, layered_benchmark, load_layered_solids
 from crossfunctional.workflows.phonons import PhononResult, phonons
 from crossfunctional.workflows.relax import RelaxResult, relax
@@ -20,11 +20,11 @@ from crossfunctional.workflows.relax import RelaxResult, relax
 __all__ = [
     "BulkModuliBenchmark",
     "DensityBenchmark",
-    "EOSError",
     "EOSResult",
     "ElasticResult",
     "LayeredBenchmark",
     "PhononResult",
+    "PropertyError",
     "RelaxResult",
     "Solid",
     "build_solid",

@@ -38,14 +38,14 @@ from crossfunctional.io import atomic_write, save_figure
 from crossfunctional.models import DEFAULT_MODEL
 from crossfunctional.workflows.relax import relax
 
-__all__ = ["EOSError", "EOSResult", "eos", "is_cubic"]
+__all__ = ["EOSResult", "PropertyError", "eos", "is_cubic"]
 
 log = logging.getLogger(__name__)
 
 
-class EOSError(CrossFunctionalError, ValueError):
-    """Input that an equation of state or elastic-constant calculation cannot use
-    (not a crystal, bad options, a relaxation that does not converge)."""
+class PropertyError(CrossFunctionalError, ValueError):
+    """Input that an equation-of-state or elastic-constant calculation cannot use
+    (not a crystal, bad options, a fit that fails)."""
 
 
 class _ConstantVolumeFilter(FrechetCellFilter):
@@ -60,7 +60,7 @@ def as_atoms(structure: Any) -> Atoms:
     """A periodic crystal as a copy of ASE Atoms (from ASE Atoms or a pymatgen Structure).
 
     Raises:
-        TypeError: neither type. EOSError: empty, not periodic in three
+        TypeError: neither type. PropertyError: empty, not periodic in three
             directions, or without a cell volume.
     """
     if not isinstance(structure, Atoms):
@@ -75,11 +75,14 @@ def as_atoms(structure: Any) -> Atoms:
     atoms = Atoms(structure.numbers, positions=structure.positions, cell=structure.cell, pbc=structure.pbc)
     atoms.set_initial_magnetic_moments(structure.get_initial_magnetic_moments())
     if len(atoms) == 0:
-        raise EOSError("empty structure: no atoms")
+        raise PropertyError("empty structure: no atoms")
     if not atoms.pbc.all():
-        raise EOSError(f"{atoms.get_chemical_formula()} is periodic only along {atoms.pbc.tolist()}: a crystal periodic in 3 directions is needed")
+        raise PropertyError(
+            f"{atoms.get_chemical_formula()} is periodic only along {atoms.pbc.tolist()}: "
+            "a crystal periodic in 3 directions is needed"
+        )
     if abs(atoms.get_volume()) < 1e-6:
-        raise EOSError(f"{atoms.get_chemical_formula()} has no cell volume")
+        raise PropertyError(f"{atoms.get_chemical_formula()} has no cell volume")
     return atoms
 
 
@@ -94,11 +97,11 @@ def make_calculator(
     """``calculator`` itself, or a new :class:`~crossfunctional.calculators.CrossFunctionalCalculator`.
 
     Raises:
-        EOSError: dispersion options together with a ready calculator.
+        PropertyError: dispersion options together with a ready calculator.
     """
     if calculator is not None:
         if dispersion is not None or dispersion_functional is not None:
-            raise EOSError(
+            raise PropertyError(
                 "dispersion= applies to a calculator made here; pass "
                 "CrossFunctionalCalculator(..., dispersion=...) as calculator instead"
             )
@@ -327,7 +330,7 @@ def eos(
         :class:`EOSResult` (``v0`` Å³, ``e0`` eV, ``b0`` GPa, ``b0_prime``).
 
     Raises:
-        TypeError: ``atoms`` of another type. EOSError: not a 3D-periodic
+        TypeError: ``atoms`` of another type. PropertyError: not a 3D-periodic
             crystal, bad ``n_volumes``/``volume_range``/``eos_name``,
             dispersion options with a ready calculator, or a fit that fails.
         crossfunctional.models.ModelError, crossfunctional.neighbors.StructureError,
@@ -337,12 +340,12 @@ def eos(
 
     atoms = as_atoms(atoms)
     if int(n_volumes) != n_volumes or n_volumes < 5:
-        raise EOSError(f"n_volumes must be an integer >= 5 (the fit has 4 parameters), got {n_volumes!r}")
+        raise PropertyError(f"n_volumes must be an integer >= 5 (the fit has 4 parameters), got {n_volumes!r}")
     if not 0 < volume_range < 0.3:
-        raise EOSError(f"volume_range must be a fraction between 0 and 0.3, got {volume_range!r}")
+        raise PropertyError(f"volume_range must be a fraction between 0 and 0.3, got {volume_range!r}")
     if eos_name not in EOS.MODELS or eos_name in ("numerical_eos", "deltafactor"):
         choices = ", ".join(k for k in EOS.MODELS if k not in ("numerical_eos", "deltafactor"))
-        raise EOSError(f"unknown eos_name {eos_name!r}: expected one of {choices}")
+        raise PropertyError(f"unknown eos_name {eos_name!r}: expected one of {choices}")
     calc = make_calculator(calculator, model, device, dtype, dispersion, dispersion_functional)
     label = model_label(calc)
 
@@ -368,7 +371,7 @@ def eos(
     try:
         fit = EOS(eos_name).fit(volumes_arr, energies_arr)
     except (PymatgenEOSError, RuntimeError, ValueError) as exc:
-        raise EOSError(f"{relaxed.get_chemical_formula()}: the {eos_name} fit failed ({exc})") from None
+        raise PropertyError(f"{relaxed.get_chemical_formula()}: the {eos_name} fit failed ({exc})") from None
     rms = float(np.sqrt(np.mean((energies_arr - fit.func(volumes_arr)) ** 2)) / len(relaxed))
     if not volumes_arr.min() <= fit.v0 <= volumes_arr.max():
         log.warning(
