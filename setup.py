@@ -53,6 +53,7 @@ setup(
         "numpy",
         "matplotlib",
         "tqdm",
+        "torch-sim-atomistic>=0.3",  # batched relaxation (relax_many)
     ],
     extras_require={
         "phonons": PHONONS,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -14,10 +17,15 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from crossfunctional.calculators.dispersion import dispersion_for_model
+from crossfunctional.io import as_atoms
 from crossfunctional.models import DEFAULT_MODEL, Graph, ModelError, load_model, model_metadata
+from crossfunctional.models.loading import is_upstream_chgnet
 from crossfunctional.neighbors import Edges, StructureError, neighbor_list
 
 log = logging.getLogger(__name__)
+
+#: with ``threads="auto"``, graphs with fewer directed edges than this run on one torch thread
+SMALL_GRAPH_EDGES = 20_000
 
 
 def forces_and_virial(
@@ -98,7 +106,7 @@ class CompiledRunner:
 
     def __init__(self, model: torch.nn.Module, script: torch.nn.Module) -> None:
         if isinstance(model, torch.jit.ScriptModule):
-            raise ValueError(
+            raise ModelError(
                 "compile=True needs the model's Python code (a registered name or a chgnet checkpoint), "
                 "not a TorchScript file"
             )
@@ -225,6 +233,11 @@ class CrossFunctionalCalculator(Calculator):
         retain_memory: on CPU, call :func:`retain_freed_memory` (process-wide
             glibc setting) so that large graphs do not page-fault their
             intermediates in again on every call; False keeps glibc's defaults.
+        threads: torch threads per call: ``"auto"`` (default) runs graphs of
+            fewer than ``SMALL_GRAPH_EDGES`` directed edges (about 300 atoms of
+            Si) on one thread, since small systems gain nothing from more and
+            lose much when a core is busy, and larger ones on torch's
+            thread count; an integer fixes it; None leaves torch's setting.
         compile: run the network through ``torch.compile``
             (:class:`CompiledRunner`): about 1.1-1.3x faster per call, after a
             one-time compilation of one to three minutes per process; for
@@ -253,7 +266,15 @@ class CrossFunctionalCalculator(Calculator):
     with ``compile=True`` as a :class:`CompiledRunner`; a module passed in
     runs as it is (or compiled, with ``compile=True``).
 
+    The calculator accepts pymatgen ``Structure``/``Molecule`` objects as well
+    as Atoms (converted with ``AseAtomsAdaptor``), is safe to share between
+    threads (one evaluation at a time), records its settings in
+    :meth:`todict` and pickles (it is rebuilt from its settings, or from the
+    pickled module when one was passed), so Atoms carrying it can go through
+    ``multiprocessing``.
+
     Raises:
+        TypeError: an unknown keyword argument (the message names the valid ones).
         crossfunctional.models.ModelError: unknown model or unreadable file; a
             multi-task checkpoint without ``task``, an unknown task (the message
             names the available ones), or ``task`` for a single-task model.
@@ -268,6 +289,9 @@ class CrossFunctionalCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "magmoms", "energies"]
 
+    #: ASE's own constructor arguments, passed on to ``Calculator``
+    _ASE_ARGS = ("restart", "ignore_bad_restart_file", "label", "atoms", "directory")
+
     def __init__(
         self,
         model: str | torch.nn.Module = DEFAULT_MODEL,
@@ -277,11 +301,29 @@ class CrossFunctionalCalculator(Calculator):
         recompute_threshold: int = 500_000,
         retain_memory: bool = True,
         compile: bool = False,
+        threads: int | str | None = "auto",
         dispersion: str | None = None,
         dispersion_functional: str | None = None,
         **kwargs,
     ) -> None:
+        unknown = sorted(set(kwargs) - set(self._ASE_ARGS))
+        if unknown:
+            valid = ["model", "device", "dtype", "task", "recompute_threshold", "retain_memory", "compile", "threads",
+                     "dispersion", "dispersion_functional", *self._ASE_ARGS]
+            raise TypeError(
+                f"CrossFunctionalCalculator() got unknown keyword argument(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
+            )
+        if not (threads is None or threads == "auto" or (isinstance(threads, int) and threads >= 1)):
+            raise TypeError(f"threads must be 'auto', a positive integer or None, got {threads!r}")
         super().__init__(**kwargs)
+        self._settings = {"model": model, "device": str(device), "dtype": None if dtype is None else str(dtype).replace("torch.", ""),
+                          "task": task, "recompute_threshold": int(recompute_threshold), "retain_memory": bool(retain_memory),
+                          "compile": bool(compile), "threads": threads, "dispersion": dispersion,
+                          "dispersion_functional": dispersion_functional}
+        self._lock = threading.RLock()
+        self.threads = threads
+        if is_upstream_chgnet(model):  # a loaded chgnet.model.CHGNet: converted once
+            model = load_model(model, device=device, dtype=dtype)
         if isinstance(model, torch.nn.Module):
             if task is not None:
                 raise ModelError("task= selects the channel of a multi-task model file; a loaded module has one task already")
@@ -301,6 +343,58 @@ class CrossFunctionalCalculator(Calculator):
         if retain_memory and self.device.type == "cpu":
             retain_freed_memory()
 
+    def todict(self) -> dict:
+        """The settings this calculator was made with (ASE's ``todict``; a
+        module passed as ``model`` is named by its metadata)."""
+        out = dict(self._settings)
+        if isinstance(out["model"], torch.nn.Module) or is_upstream_chgnet(out["model"]):
+            out["model"] = self.metadata.get("model_name", type(out["model"]).__name__)
+        else:
+            out["model"] = str(out["model"])
+        return out
+
+    def __getstate__(self) -> dict:
+        settings = dict(self._settings)
+        model = settings.pop("model")
+        if isinstance(model, torch.jit.ScriptModule):
+            buffer = io.BytesIO()
+            torch.jit.save(model, buffer)
+            model = ("torchscript", buffer.getvalue())
+        elif isinstance(model, (str, os.PathLike)):
+            model = ("name", str(model))
+        else:
+            model = ("module", model)  # an eager module (or a chgnet.model.CHGNet) pickles as itself
+        return {"model": model, "settings": settings, "ase": {"directory": self.directory, "label": self.label}}
+
+    def __setstate__(self, state: dict) -> None:
+        kind, value = state["model"]
+        if kind == "torchscript":
+            value = torch.jit.load(io.BytesIO(value), map_location="cpu")
+        self.__init__(value, **state["settings"])
+        self.directory = state["ase"]["directory"]
+
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        """ASE's ``get_property``, one thread at a time, for Atoms or a pymatgen Structure."""
+        with self._lock:
+            return super().get_property(name, None if atoms is None else as_atoms(atoms), allow_calculation)
+
+    @contextlib.contextmanager
+    def _thread_count(self, n_edges: int) -> Iterator[None]:
+        want = None
+        if self.threads == "auto":
+            want = 1 if n_edges < SMALL_GRAPH_EDGES else None
+        elif self.threads is not None:
+            want = int(self.threads)
+        before = torch.get_num_threads()
+        if want is None or want == before:
+            yield
+            return
+        torch.set_num_threads(want)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def predict_batch(self, structures: Sequence[Atoms], max_edges: int = 200_000) -> list[dict[str, np.ndarray | float]]:
         """Evaluate many independent structures with this calculator's model as
         batched graphs (:func:`predict_batch`), its dispersion correction (if
@@ -309,11 +403,11 @@ class CrossFunctionalCalculator(Calculator):
         results = predict_batch(structures, self.runner, max_edges=max_edges)
         if self.dispersion is not None:
             for atoms, res in zip(structures, results):
-                self.dispersion.add_to(res, atoms)
+                self.dispersion.add_to(res, as_atoms(atoms))
         return results
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
-        super().calculate(atoms, properties, system_changes)
+        super().calculate(None if atoms is None else as_atoms(atoms), properties, system_changes)
         atoms = self.atoms
         edges = neighbor_list(atoms, self.cutoff)
         n = len(atoms)
@@ -321,7 +415,7 @@ class CrossFunctionalCalculator(Calculator):
         if isolated:
             log.warning("%d atom(s) have no neighbour within %.1f Å", isolated, self.cutoff)
         z, edge_index, shifts, vectors = edges.to_torch(self.device, self.dtype)
-        with torch.enable_grad(), torch.jit.optimized_execution(False):
+        with self._thread_count(edge_index.shape[1]), torch.enable_grad(), torch.jit.optimized_execution(False):
             site_energies, magmoms, grad = self.runner(z, edge_index, shifts, vectors, True)
         forces, virial = forces_and_virial(edge_index, vectors, grad, n)
         energies = site_energies.detach().cpu().double().numpy()
@@ -353,7 +447,7 @@ def predict_batch(
     until ``max_edges`` directed edges are reached, so memory stays bounded.
 
     Args:
-        structures: ASE Atoms, any mix of sizes and periodicities.
+        structures: ASE Atoms or pymatgen Structures, any mix of sizes and periodicities.
         model: a model name or file, or a loaded model or runner (a module
             with the forward contract of :class:`~crossfunctional.models.CHGNet`,
             e.g. a calculator's ``runner``); an object with its own
@@ -371,6 +465,7 @@ def predict_batch(
     Raises:
         StructureError: as the calculator, naming the index of the structure.
     """
+    structures = [as_atoms(s) for s in structures]
     if hasattr(model, "predict_batch") and not isinstance(model, torch.nn.Module):  # a calculator: its own batch path
         return model.predict_batch(structures, max_edges=max_edges)
     module = model if isinstance(model, torch.nn.Module) else scripted(load_model(model, device=device, dtype=dtype))
@@ -428,3 +523,57 @@ def _evaluate_packed(module, structures, edges, device, dtype) -> list[dict[str,
             res["stress"] = full_3x3_to_voigt_6_stress(-w[k] / abs(atoms.get_volume()))
         out.append(res)
     return out
+
+
+def predict_structure(
+    structure,
+    model: str | torch.nn.Module | CrossFunctionalCalculator = DEFAULT_MODEL,
+    task: str = "efsm",
+    return_site_energies: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
+    """The call and units of upstream ``chgnet.model.CHGNet.predict_structure``
+    (Deng et al. 2023), evaluated as batched graphs (:func:`predict_batch`).
+
+    Args:
+        structure: a pymatgen ``Structure`` or ASE ``Atoms``, or a list of them.
+        model: model name (``"r2scan"`` and ``"0.3.0"`` as upstream, or ours),
+            file, loaded module or calculator.
+        task: the keys to return, any of ``e`` ``f`` ``s`` ``m`` (default "efsm").
+        return_site_energies: add ``site_energies`` [N] (eV, AtomRef included).
+        device, dtype: for a model loaded here.
+
+    Returns:
+        For one structure a dict (a list of dicts for a list): ``e`` energy per
+        atom (eV/atom), ``f`` forces [N, 3] (eV/Å), ``s`` stress [3, 3] (GPa,
+        ASE's sign: positive tensile; periodic structures only), ``m``
+        magnetic moments [N] (μB).
+
+    Raises:
+        ValueError: ``task`` with other letters than e, f, s, m.
+        crossfunctional.neighbors.StructureError: a structure the model cannot evaluate.
+    """
+    from ase.stress import voigt_6_to_full_3x3_stress
+    from ase.units import GPa
+
+    if not task or set(task) - set("efsm"):
+        raise ValueError(f"task must use the letters e, f, s, m (e.g. 'efsm'), got {task!r}")
+    single = not isinstance(structure, (list, tuple))
+    frames = [as_atoms(s) for s in ([structure] if single else structure)]
+    results = predict_batch(frames, model, device=device, dtype=dtype)
+    out = []
+    for atoms, res in zip(frames, results):
+        pred: dict[str, np.ndarray] = {}
+        if "e" in task:
+            pred["e"] = np.asarray(res["energy"] / len(atoms))
+        if "f" in task:
+            pred["f"] = res["forces"]
+        if "s" in task and "stress" in res:
+            pred["s"] = voigt_6_to_full_3x3_stress(res["stress"]) / GPa
+        if "m" in task:
+            pred["m"] = res["magmoms"]
+        if return_site_energies:
+            pred["site_energies"] = res["energies"]
+        out.append(pred)
+    return out[0] if single else out

@@ -206,3 +206,22 @@ def test_cli_predict_with_dispersion(tmp_path, our_models, capsys):
     rc = main(["predict", str(tmp_path / "mgo.extxyz"), "--dispersion", "d3bj", "--dispersion-functional", "nosuchxc"])
     assert rc == 2
     assert "no D3(BJ) parameters for functional 'nosuchxc'" in capsys.readouterr().err
+
+
+def test_relax_many_adds_the_correction_as_relax_does(our_models):
+    """The batched relaxation (torch-sim) goes through the calculator's batch,
+    so a calculator with a correction relaxes as ``relax`` one by one does."""
+    from crossfunctional.workflows import relax
+    from crossfunctional.workflows.batch_relax import relax_many
+
+    calc = CrossFunctionalCalculator(our_models[("chgnet-r2scan", "float64")], dispersion="d3bj")
+    frames = [bulk("MgO", "rocksalt", a=4.3), bulk("Si", "diamond", a=5.5)]
+    plain = relax_many(frames, calculator=CrossFunctionalCalculator(our_models[("chgnet-r2scan", "float64")]), fmax=0.01)
+    for atoms, got, without in zip(frames, relax_many(frames, calculator=calc, fmax=0.01), plain):
+        work = atoms.copy()
+        work.calc = calc
+        ref = relax(work, fmax=0.01)
+        assert got.converged and got.steps == ref.steps
+        assert abs(got.energy - ref.energy) / len(atoms) < TOL_E
+        assert got.atoms.get_volume() == pytest.approx(ref.atoms.get_volume(), rel=1e-8)
+        assert got.atoms.get_volume() < without.atoms.get_volume()  # dispersion contracts

@@ -8,9 +8,14 @@ traceback.
 
 from __future__ import annotations
 
-__all__ = ["CrossFunctionalError"]
+__all__ = ["CrossFunctionalError", "WorkflowError"]
 
 
 class CrossFunctionalError(Exception):
     """Base class of the errors that name a problem with the user's input,
     files, options or environment (not an internal bug)."""
+
+
+class WorkflowError(CrossFunctionalError, ValueError):
+    """A workflow argument that cannot be used (a threshold out of range, an
+    unknown optimizer, a cell filter on a non-periodic structure, ...)."""

@@ -159,7 +159,7 @@ def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Pa
     def _ctx() -> Iterator[Path]:
         target = check_writable(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}")
         os.close(fd)
         os.chmod(tmp, _umask_mode())
         try:
@@ -181,3 +181,47 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> Path:
         fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def as_atoms(structure) -> Atoms:
+    """ASE Atoms of an ASE ``Atoms`` (returned as is) or a pymatgen
+    ``Structure`` / ``Molecule`` (converted with pymatgen's ``AseAtomsAdaptor``;
+    a Molecule becomes a non-periodic Atoms).
+
+    Raises:
+        InputFileError: any other object.
+    """
+    if isinstance(structure, Atoms):
+        return structure
+    try:
+        from pymatgen.core import IStructure, Molecule, Structure
+    except ImportError:  # pragma: no cover - pymatgen is a dependency
+        Structure = IStructure = Molecule = ()
+    if isinstance(structure, (Structure, IStructure, Molecule)):
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        return AseAtomsAdaptor.get_atoms(structure)
+    raise InputFileError(f"expected ASE Atoms or a pymatgen Structure or Molecule, got {type(structure).__name__}")
+
+
+def as_structure(atoms: Atoms):
+    """The pymatgen ``Structure`` of periodic Atoms (``Molecule`` if not periodic)."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    if atoms.pbc.any():
+        return AseAtomsAdaptor.get_structure(atoms)
+    return AseAtomsAdaptor.get_molecule(atoms)
+
+
+def clean_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that a killed atomic write left in ``folder``
+    (hidden ``.NAME.*.tmp*`` files of :func:`atomic_write` and :func:`atomic_path`);
+    returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for path in folder.glob(".*.tmp*"):
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+    return removed

@@ -61,3 +61,45 @@ def test_interrupted_write_leaves_nothing(tmp_path):
     except KeyboardInterrupt:
         pass
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_sigint_during_md_keeps_the_frames(tmp_path):
+    """Ctrl-C in the middle of ASE MD: every complete frame is written, exit 130."""
+    import signal
+    import subprocess
+    import sys
+
+    from ase.io import read
+
+    src = tmp_path / "si.extxyz"
+    write(src, bulk("Si", "diamond", a=5.43, cubic=True))
+    out = tmp_path / "md"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crossfunctional", "md", str(src), "-o", str(out), "--engine", "ase", "--steps", "100000",
+         "--dump", "1", "--thermo", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        first = proc.stdout.readline()  # printed just before the MD starts
+        assert "Ctrl-C stops early" in first, first + proc.stderr.read()[-2000:]
+        time.sleep(8)  # some steps
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+        stdout = first + stdout
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    frames = read(out / "trajectory.extxyz", index=":")
+    assert len(frames) >= 2 and "interrupted after" in stdout
+    assert not list(out.glob(".*.tmp*"))
+
+
+def test_rerun_removes_temporaries_of_a_killed_write(tmp_path):
+    from crossfunctional.io import clean_temporaries
+
+    (tmp_path / ".plot.png.abc123.tmp.png").write_bytes(b"")
+    (tmp_path / ".results.json.xyz.tmp").write_text("{")
+    (tmp_path / "results.json").write_text("{}")
+    removed = clean_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == [".plot.png.abc123.tmp.png", ".results.json.xyz.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

@@ -1,4 +1,5 @@
-"""``crossfunctional benchmark density | bulk-moduli | layered``: accuracy benchmarks against experiment."""
+"""``crossfunctional benchmark density | stability | bulk-moduli | layered``:
+accuracy benchmarks against experiment and DFT."""
 
 from __future__ import annotations
 
@@ -79,6 +80,32 @@ def _common(b: argparse.ArgumentParser, dtype_default: str) -> None:
     b.add_argument("--dtype", default=dtype_default, choices=["float32", "float64"], help=f"precision (default {dtype_default})")
 
 
+def _models(args: argparse.Namespace) -> dict:
+    """{label: model name/file or calculator factory} from --models and --calculator."""
+    from crossfunctional.workflows.stability import parse_calculator_spec
+
+    models = {m: m for m in args.models}
+    for spec in args.calculator or []:
+        name, factory = parse_calculator_spec(spec)
+        models[name] = factory
+    return models
+
+
+def cmd_benchmark_stability(args: argparse.Namespace) -> int:
+    from crossfunctional.workflows.stability import stability_benchmark
+
+    check_device(args)
+    check_output(args.output, directory=True)
+    result = stability_benchmark(
+        models=_models(args), data=args.data, limit=args.limit, fmax=args.fmax, steps=args.steps,
+        device=args.device, dtype=args.dtype, progress=not args.no_progress,
+    )
+    print(result.table())
+    paths = result.write(args.output)
+    print(f"wrote {paths['json']}, {paths['csv'].name}, {paths['plot_dft'].name} and {paths['plot_exp'].name}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Register ``benchmark`` and its sub-commands."""
     p = sub.add_parser("benchmark", help="accuracy benchmarks against experiment")
@@ -116,3 +143,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--fmax", type=float, default=1e-3, help="force convergence, eV/Å (default 1e-3)")
     b.add_argument("--steps", type=int, default=2000, help="maximum FIRE steps (default 2000)")
     b.set_defaults(func=cmd_benchmark_layered)
+    b = bsub.add_parser("stability", help="formation and decomposition energies of 348 binaries against MP r2SCAN, "
+                        "GGA/GGA+U and experiment")
+    b.add_argument("--models", nargs="*", default=list(DEFAULT_BENCHMARK_MODELS),
+                   help=f"models to benchmark: names, checkpoints or .pt files (default {' '.join(DEFAULT_BENCHMARK_MODELS)})")
+    b.add_argument("--calculator", action="append", metavar="NAME=module:factory[:json]",
+                   help="also benchmark any ASE calculator, e.g. "
+                   "'7net-mf=sevenn.calculator:SevenNetCalculator:{\"model\": \"7net-mf-0\", \"modal\": \"R2SCAN\"}'")
+    b.add_argument("--output", default="stability_benchmark", help="output folder (default ./stability_benchmark)")
+    b.add_argument("--data", default=None, help="compound records in the same layout (default: the shipped MP binaries)")
+    b.add_argument("--limit", type=int, default=None, help="only the first N compounds (default: all)")
+    b.add_argument("--fmax", type=float, default=0.02, help="force convergence, eV/Å (default 0.02)")
+    b.add_argument("--steps", type=int, default=500, help="maximum FIRE steps (default 500)")
+    b.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
+    b.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="precision (default float32)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.set_defaults(func=cmd_benchmark_stability)

@@ -22,6 +22,8 @@ def cmd_md(args: argparse.Namespace) -> int:
         steps=args.steps, thermo_every=args.thermo, dump_every=args.dump, tdamp=args.tdamp, pdamp=args.pdamp,
         seed=args.seed,
     )  # fmt: skip
+    print(f"{args.engine}: {args.steps} {args.ensemble.upper()} steps of {atoms.get_chemical_formula()} "
+          f"(Ctrl-C stops early and keeps the frames)", flush=True)
     if args.engine == "lammps":
         result = run_md(atoms, args.model, threads=args.threads, workdir=out / "lammps", barostat=args.barostat,
                         device=args.device, dtype=args.dtype, **dispersion_kwargs(args), **common)
@@ -39,6 +41,9 @@ def cmd_md(args: argparse.Namespace) -> int:
         + (f", V = {last['vol_A3']:.3f} Å^3" if "vol_A3" in last else "")
     )
     print(f"wrote {paths['trajectory']} ({len(result.trajectory)} frames) and {paths['thermo']}")
+    if result.info.get("interrupted"):
+        print(f"interrupted after {result.info['steps_done']} of {args.steps} steps; the frames computed so far are kept")
+        return 130
     return 0
 
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from crossfunctional.cli.common import add_dispersion_options, dispersion_kwargs
-from crossfunctional.models import DEFAULT_MODEL
+from crossfunctional.cli.common import add_dispersion_options, add_model_options, check_device, check_output, dispersion_kwargs
 from crossfunctional.workflows.phonons import (
     DEFAULT_IMAGINARY_THRESHOLD,
     DEFAULT_MAX_ATOMS,
@@ -58,9 +57,8 @@ def register(subparsers) -> None:
     p.add_argument("--fc-format", choices=["text", "hdf5"], default="text",
                    help="FORCE_CONSTANTS (text, default) or force_constants.hdf5")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # no --dtype: finite-difference force constants need float64, which the workflow sets
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or file (default {DEFAULT_MODEL})")
-    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
+    # finite-difference force constants need float64: the default here, unlike the other commands
+    add_model_options(p, dtype_default="float64")
     add_dispersion_options(p)
     p.set_defaults(func=cmd_phonons)
 
@@ -76,12 +74,14 @@ def cmd_phonons(args: argparse.Namespace) -> int:
     """
     from crossfunctional.io import read_structures
 
+    check_device(args)
+    check_output(args.output, directory=True)
     atoms = read_structures(args.structure, index=-1)[0]
     calculator = None
-    if args.dispersion or args.dispersion_functional:
+    if args.dtype != "float64" or args.dispersion or args.dispersion_functional:  # the workflow's own is float64, no dispersion
         from crossfunctional.calculators import CrossFunctionalCalculator
 
-        calculator = CrossFunctionalCalculator(args.model, device=args.device, dtype="float64", **dispersion_kwargs(args))
+        calculator = CrossFunctionalCalculator(model=args.model, device=args.device, dtype=args.dtype, **dispersion_kwargs(args))
     result = phonons(
         atoms,
         model=args.model,

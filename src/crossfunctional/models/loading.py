@@ -44,6 +44,9 @@ MODELS: dict[str, tuple[str, str, str]] = {
 }
 DEFAULT_MODEL = "chgnet-r2scan"
 
+#: upstream ``CHGNet.load(model_name=...)`` names -> ours
+ALIASES = {"r2scan": "chgnet-r2scan", "0.3.0": "chgnet-0.3.0"}
+
 ELEMENTS = [
     "H", "He", "Li", "Be", "B", "C", "N", "O", "F", "Ne", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "Ar",
     "K", "Ca", "Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ga", "Ge", "As", "Se", "Br",
@@ -189,32 +192,51 @@ def from_checkpoint(path: str | os.PathLike, name: str | None = None, task: str 
     """
     path = Path(path)
     ckpt = read_model_dict(path, task)
-    kwargs = _check_args(dict(ckpt["model_args"]), path)
+    task_meta = {} if task is None else {"task": task, "tasks": list(ckpt["tasks"]), "source_task": ckpt.get("source_task")}
+    return from_model_dict(
+        ckpt, name=name or (path.name if task is None else f"{path.name}[{task}]"), source=path.name, **task_meta
+    )
+
+
+def from_model_dict(ckpt: dict[str, Any], name: str, source: str = "", **metadata: Any) -> CHGNet:
+    """Build :class:`CHGNet` from an upstream model dict ``{"state_dict",
+    "model_args"}`` (a checkpoint's ``"model"`` entry, or a loaded
+    ``chgnet.model.CHGNet``'s ``state_dict()`` and ``model_args``).
+
+    Raises:
+        ModelError: an architecture this implementation does not cover.
+    """
+    where = Path(source or name)
+    kwargs = _check_args(dict(ckpt["model_args"]), where)
     model = CHGNet(**kwargs)
     new = convert_state_dict(ckpt["state_dict"], kwargs)
     _fill_unused_out_layers(model, new)
     try:
         model.load_state_dict(new, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not fit the CHGNet architecture: {exc}") from None
-    task_meta = {} if task is None else {"task": task, "tasks": list(ckpt["tasks"]), "source_task": ckpt.get("source_task")}
+        raise ModelError(f"{where}: weights do not fit the CHGNet architecture: {exc}") from None
     model.metadata_json = json.dumps(
         {
-            "model_name": name or (path.name if task is None else f"{path.name}[{task}]"),
+            "model_name": name,
             "architecture": "CHGNet",
             "version": str(ckpt["model_args"].get("version", "")),
-            "source": str(path.name),
+            "source": str(source),
             "config": kwargs,
             "cutoff": kwargs["atom_graph_cutoff"],
             "bond_graph_cutoff": kwargs["bond_graph_cutoff"],
             "elements": ELEMENTS,
             "atomref": {el: float(v) for el, v in zip(ELEMENTS, model.atomref.tolist())},
             "licence": LICENCE,
-            "citation": MODELS.get(name or "", ("", "", CITATION_CHGNET))[2],
-            **task_meta,
+            "citation": MODELS.get(name, ("", "", CITATION_CHGNET))[2],
+            **metadata,
         }
     )
     return model.requires_grad_(False).eval()
+
+
+def is_upstream_chgnet(obj: Any) -> bool:
+    """Whether ``obj`` is a loaded ``chgnet.model.CHGNet``."""
+    return type(obj).__name__ == "CHGNet" and type(obj).__module__.startswith("chgnet.") and hasattr(obj, "model_args")
 
 
 def model_metadata(model: torch.nn.Module) -> dict[str, Any]:
@@ -254,8 +276,9 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     task: str | None = None,
 ) -> torch.nn.Module:
-    """Load a model by registered name, ``chgnet`` checkpoint path, or exported
-    TorchScript file (``.pt``), on ``device`` in ``dtype`` (float32 or float64;
+    """Load a model by registered name (or upstream's ``"r2scan"``/``"0.3.0"``),
+    ``chgnet`` checkpoint path, exported TorchScript file (``.pt``), or a
+    loaded ``chgnet.model.CHGNet`` (converted once, the same numbers), on ``device`` in ``dtype`` (float32 or float64;
     None keeps the precision stored in the file). ``task`` picks the channel of
     a multi-task checkpoint (folded into a plain model, single-task speed); an
     export of one task accepts its own task name.
@@ -270,7 +293,14 @@ def load_model(
             single-task model.
     """
     device = resolve_device(device)
-    key = str(name_or_path)
+    if is_upstream_chgnet(name_or_path):  # a loaded chgnet.model.CHGNet: converted once, same numbers
+        if task is not None:
+            raise ModelError("task= applies only to multi-task checkpoints, not to a chgnet.model.CHGNet")
+        upstream = {"state_dict": name_or_path.state_dict(), "model_args": name_or_path.model_args}
+        model = from_model_dict(upstream, name="chgnet.model.CHGNet", source="chgnet.model.CHGNet object")
+        model = model.to(dtype=next(name_or_path.parameters()).dtype)
+        return _finish(model, device, dtype)
+    key = ALIASES.get(str(name_or_path), str(name_or_path))
     if key in MODELS:
         if task is not None:
             raise ModelError(f"{key} is a single-task model; task={task!r} applies only to multi-task checkpoints")
@@ -284,6 +314,10 @@ def load_model(
             model = read_torchscript(path, task=task)
         else:
             model = from_checkpoint(path, task=task)
+    return _finish(model, device, dtype)
+
+
+def _finish(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | str | None) -> torch.nn.Module:
     for param in model.parameters():  # inference module: autograd tracks only the edge vectors
         param.requires_grad_(False)
     if dtype is None:  # the file's own precision (float32 for the shipped weights)
@@ -294,11 +328,11 @@ def load_model(
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+            raise ModelError(f"dtype must be float32 or float64, got {dtype}")
         return dtype
     table = {"float32": torch.float32, "float64": torch.float64, "float": torch.float32, "double": torch.float64}
     if dtype not in table:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        raise ModelError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return table[dtype]
 
 

@@ -213,6 +213,7 @@ def read_extxyz(
 
     path = Path(path)
     frames = read_structures(path, index=":")
+    _refuse_asymmetric_stress(path, stress_key or "stress")
     out = []
     for k, atoms in enumerate(frames):
         where = f"{path.name}:{k}"
@@ -241,6 +242,36 @@ def read_extxyz(
             )
         )
     return out
+
+
+def _refuse_asymmetric_stress(path: Path, key: str) -> None:
+    """ASE's extxyz reader symmetrises a 3x3 stress; an asymmetric one beyond
+    numerical noise is a broken label, so the comment lines are checked as written."""
+    from ase.io.extxyz import key_val_str_to_dict
+
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    k, frame = 0, 0
+    while k < len(lines):
+        try:
+            n = int(lines[k].strip())
+        except ValueError:
+            return  # not the plain layout this check knows; ASE read it
+        info = key_val_str_to_dict(lines[k + 1]) if k + 1 < len(lines) else {}
+        stress = next((v for name, v in info.items() if name.lower() == key.lower()), None)
+        if stress is not None:
+            arr = np.asarray(stress, dtype=float).reshape(-1)
+            if arr.size == 9:
+                m = arr.reshape(3, 3)
+                if np.abs(m - m.T).max() > 1e-6 * max(1.0, float(np.abs(m).max())):
+                    raise TransferDataError(
+                        f"{path.name}:{frame}: the 3x3 stress label is not symmetric "
+                        f"(largest difference {np.abs(m - m.T).max():.3g}); a stress tensor is, so the label is broken"
+                    )
+        k += n + 2
+        frame += 1
 
 
 def write_extxyz(records: Sequence[LabelledStructure], path: str | os.PathLike) -> Path:

@@ -51,7 +51,20 @@ from crossfunctional.models import ModelError
 from crossfunctional.models.checkpoints import read_model_dict, read_state
 from crossfunctional.transfer.atomref import AtomRefFit, fit_atomref, get_atomref
 from crossfunctional.transfer.data import LabelledStructure, TransferDataError, check_records
-from crossfunctional.transfer.run import UNITS, ConfigError, TrainingConfig, fingerprint, plot_curves, read_history, write_history
+from crossfunctional.transfer.run import (
+    UNITS,
+    ConfigError,
+    TrainingConfig,
+    checkpoint_epoch,
+    fingerprint,
+    latest_checkpoint,
+    plot_curves,
+    read_history,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+    write_history,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -372,6 +385,7 @@ def finetune(
 
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
+    staging = ckpt_dir / ".staging"
     log_path = out / "train.log"
     log = open(log_path, "a", encoding="utf-8", buffering=1)
     try:
@@ -425,16 +439,20 @@ def finetune(
         )
         history = read_history(out / "history.csv")
         start = 0
-        last = sorted(ckpt_dir.glob("epoch*.pth.tar")) if ckpt_dir.is_dir() else []
-        if previous is not None and last:
-            state = read_state(last[-1])
+        last = latest_checkpoint(ckpt_dir) if previous is not None else None
+        if last is not None:
+            _, state = last
             trainer.model.load_state_dict(state["model"]["state_dict"])
             trainer.optimizer.load_state_dict(state["optimizer"])
             trainer.scheduler.load_state_dict(state["scheduler"])
             trainer.training_history = state["training_history"]
             start = len(trainer.training_history["e"]["train"])
+            if "rng" in state:  # the batch order and any sampling continue as in an uninterrupted run
+                restore_rng(state["rng"], train_loader.generator)
             history = [row for row in history if row["epoch"] <= start]
             logger.info("resuming %s after epoch %d of %d", out, start, config.epochs)
+        else:
+            history = []
         settings.update(status="running", unseen_val_test_elements=unseen, method_description=method.description)
         with atomic_write(run_file) as fh:
             json.dump(settings, fh, indent=1)
@@ -456,7 +474,10 @@ def finetune(
             trainer.starting_epoch, trainer.epochs = epoch, epoch + 1
             batches = tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, file=sys.stderr)
             with contextlib.redirect_stdout(log):
-                trainer.train(batches, val_loader, save_dir=str(ckpt_dir), train_composition_model=method.train_atomref)
+                # chgnet's Trainer deletes its previous epoch file before writing the next one: let it write into a
+                # staging folder, then keep our own checkpoint (atomic, with the random states)
+                trainer.train(batches, val_loader, save_dir=str(staging), train_composition_model=method.train_atomref)
+            _keep_checkpoints(staging, ckpt_dir, train_loader.generator)
             hist = trainer.training_history
             if len(hist["e"]["train"]) != epoch + 1 or not all(math.isfinite(hist[k]["val"][-1]) for k in targets):
                 raise RuntimeError(f"training diverged (NaN loss) in epoch {epoch + 1}; see {log_path}")
@@ -472,7 +493,7 @@ def finetune(
 
     title = f"{config.method} (Method {method.number}) from {base}"
     plot_history(history, targets, out / "training_curves.png", title=title)
-    best = sorted(ckpt_dir.glob("bestE_*.pth.tar"))
+    best = sorted(ckpt_dir.glob("bestE_*.pth.tar"), key=checkpoint_epoch)
     if not best:
         raise RuntimeError(f"no best checkpoint in {ckpt_dir}")
     best_epoch = int(best[-1].name.split("_")[1].removeprefix("epoch")) + 1
@@ -509,6 +530,34 @@ def finetune(
         atomref_fit=fit,
         resumed_from_epoch=start,
     )
+
+
+def _keep_checkpoints(staging: Path, ckpt_dir: Path, generator: torch.Generator) -> None:
+    """Move the epoch's checkpoints from chgnet's staging folder into the run:
+    the epoch checkpoint rewritten atomically with the random states, then the
+    previous one deleted; a new best-energy or best-force checkpoint renamed
+    into place, then the older one deleted."""
+    import os
+
+    staged = sorted(staging.glob("epoch*.pth.tar"), key=checkpoint_epoch)
+    if not staged:
+        raise RuntimeError(f"chgnet's Trainer wrote no checkpoint into {staging}")
+    state = read_state(staged[-1])
+    state["rng"] = rng_state(generator)
+    kept = save_checkpoint(state, ckpt_dir / staged[-1].name)
+    for old in ckpt_dir.glob("epoch*.pth.tar"):
+        if old != kept:
+            old.unlink()
+    for kind in ("bestE_", "bestF_"):
+        new = sorted(staging.glob(f"{kind}*.pth.tar"), key=checkpoint_epoch)
+        if new:
+            target = ckpt_dir / new[-1].name
+            os.replace(new[-1], target)
+            for old in ckpt_dir.glob(f"{kind}*.pth.tar"):
+                if old != target:
+                    old.unlink()
+    for leftover in staging.glob("*.pth.tar"):
+        leftover.unlink()
 
 
 def _export(checkpoint: Path, path: Path, name: str) -> Path:

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossfunctional.io import atomic_path
 from crossfunctional.models.chgnet import MAX_Z
 from crossfunctional.models.checkpoints import FORMAT, FORMAT_VERSION, ModelError, _mt, fold_task, is_multitask, read_state, task_index
 
@@ -185,11 +184,10 @@ class MultiTaskCHGNet(nn.Module):
         }
 
     def save(self, path: str | os.PathLike, **extra: Any) -> Path:
-        """Write ``{"multitask": self.state(), **extra}`` atomically."""
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            torch.save({"multitask": self.state(), **extra}, tmp)
-        return path
+        """Write ``{"multitask": self.state(), **extra}`` atomically (synced to disk, then renamed)."""
+        from crossfunctional.transfer.run import save_checkpoint
+
+        return save_checkpoint({"multitask": self.state(), **extra}, path)
 
     def fold(self, task: str) -> dict[str, Any]:
         """Plain chgnet model dict of one task (:func:`fold_task`)."""

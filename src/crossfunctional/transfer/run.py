@@ -7,17 +7,38 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import math
 import os
+import random
+import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from crossfunctional.errors import CrossFunctionalError
 from crossfunctional.io import atomic_write, save_figure
 
-__all__ = ["ConfigError", "TrainingConfig", "fingerprint", "plot_curves", "read_history", "write_history"]
+__all__ = [
+    "ConfigError",
+    "TrainingConfig",
+    "checkpoint_epoch",
+    "fingerprint",
+    "latest_checkpoint",
+    "plot_curves",
+    "read_history",
+    "restore_rng",
+    "rng_state",
+    "save_checkpoint",
+    "write_history",
+]
+
+log = logging.getLogger(__name__)
 
 #: label kinds and their axis titles
 UNITS = {"e": "energy MAE (eV/atom)", "f": "force MAE (eV/Å)", "s": "stress MAE (GPa)", "m": "magmom MAE (μB)"}
@@ -185,3 +206,82 @@ def plot_curves(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` that never leaves a broken file under ``path``: the state
+    goes to a temporary file in the same folder, which is flushed and synced
+    to disk and then renamed onto ``path`` (a killed write leaves only a
+    hidden ``.*.tmp`` file, which :func:`latest_checkpoint` removes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(dict(state), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def checkpoint_epoch(path: str | os.PathLike) -> int:
+    """The epoch number in a checkpoint name such as ``epoch12_e31_f55_sNA_mNA.pth.tar`` (-1 if none)."""
+    match = re.search(r"epoch(\d+)", Path(path).name)
+    return int(match.group(1)) if match else -1
+
+
+def latest_checkpoint(folder: str | os.PathLike, pattern: str = "epoch*.pth.tar") -> tuple[Path, Any] | None:
+    """The newest readable checkpoint in ``folder`` and its state, or None.
+
+    Removes the temporary files a killed :func:`save_checkpoint` left behind;
+    a checkpoint that cannot be read (truncated, corrupt) is skipped with a
+    warning and the next older one is tried.
+    """
+    from crossfunctional.models.checkpoints import ModelError, read_state
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    for debris in folder.glob(".*.tmp"):
+        debris.unlink()
+    for path in sorted(folder.glob(pattern), key=checkpoint_epoch, reverse=True):
+        try:
+            return path, read_state(path)
+        except ModelError as exc:
+            log.warning("skipping unreadable checkpoint %s (%s)", path, exc)
+            import warnings
+
+            warnings.warn(f"skipping unreadable checkpoint {path.name}: {exc}", stacklevel=2)
+    return None
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """The random states a resumed run needs (torch, numpy, Python, and a data
+    loader's generator), as tensors and lists that ``weights_only`` loading accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    out = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+    if generator is not None:
+        out["loader"] = generator.get_state()
+    return out
+
+
+def restore_rng(state: Mapping[str, Any], generator: torch.Generator | None = None) -> None:
+    """Undo :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    if generator is not None and "loader" in state:
+        generator.set_state(state["loader"])

@@ -12,10 +12,12 @@ from crossfunctional.workflows.density import (
     load_sol58lc,
 )
 from crossfunctional.workflows.elastic import ElasticResult, elastic
-from crossfunctional.workflows.eos import EOSResult, PropertyError, eos
+from crossfunctional.workflows.eos import EOSResult, eos
 from crossfunctional.workflows.layered import LayeredBenchmark, layered_benchmark, load_layered_solids
 from crossfunctional.workflows.phonons import PhononResult, phonons
+from crossfunctional.workflows.batch_relax import relax_many
 from crossfunctional.workflows.relax import RelaxResult, relax
+from crossfunctional.workflows.stability import StabilityBenchmark, stability_benchmark
 
 __all__ = [
     "BulkModuliBenchmark",
@@ -24,8 +26,8 @@ __all__ = [
     "ElasticResult",
     "LayeredBenchmark",
     "PhononResult",
-    "PropertyError",
     "RelaxResult",
+    "StabilityBenchmark",
     "Solid",
     "build_solid",
     "bulk_moduli_benchmark",
@@ -40,4 +42,6 @@ __all__ = [
     "load_sol58lc",
     "phonons",
     "relax",
+    "relax_many",
+    "stability_benchmark",
 ]

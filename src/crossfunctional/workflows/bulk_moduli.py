@@ -33,7 +33,8 @@ from ase import Atoms
 
 from crossfunctional.data import data_path
 from crossfunctional.io import atomic_write, save_figure
-from crossfunctional.workflows.eos import PropertyError, eos
+from crossfunctional.errors import WorkflowError
+from crossfunctional.workflows.eos import eos
 
 __all__ = ["BM32Solid", "BulkModuliBenchmark", "build_bm32_solid", "bulk_moduli_benchmark", "load_bm32"]
 
@@ -412,7 +413,7 @@ def bulk_moduli_benchmark(
                 n = len(atoms)
                 try:
                     out = eos(atoms, calc, n_volumes=n_volumes, volume_range=volume_range, fmax=fmax, steps=steps)
-                except PropertyError as exc:
+                except WorkflowError as exc:
                     log.warning("%s with %s: %s", res.solid.name, label, exc)
                     res.models[label] = {"b0": float("nan"), "error": str(exc)}
                 else:

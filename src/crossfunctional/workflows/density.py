@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from crossfunctional.errors import WorkflowError
 from crossfunctional.io import atomic_path, atomic_write
 from crossfunctional.workflows.relax import relax
 
@@ -126,7 +127,7 @@ def load_sol58lc() -> list[Solid]:
     solids = []
     for rec in csv.DictReader(rows):
         if rec["prototype"] not in PROTOTYPES:
-            raise ValueError(f"{DATA_FILE}: unknown prototype {rec['prototype']!r} for {rec['name']}")
+            raise WorkflowError(f"{DATA_FILE}: unknown prototype {rec['prototype']!r} for {rec['name']}")
         solids.append(
             Solid(
                 name=rec["name"],
@@ -160,14 +161,14 @@ def build_solid(solid: Solid, a: float | None = None) -> Atoms:
     from ase.build import bulk
 
     if solid.prototype not in PROTOTYPES:
-        raise ValueError(f"unknown prototype {solid.prototype!r} of {solid.name}: expected one of {', '.join(PROTOTYPES)}")
+        raise WorkflowError(f"unknown prototype {solid.prototype!r} of {solid.name}: expected one of {', '.join(PROTOTYPES)}")
     a = solid.a_exp if a is None else float(a)
     if not a > 0:
-        raise ValueError(f"lattice constant a must be positive (Å), got {a!r} for {solid.name}")
+        raise WorkflowError(f"lattice constant a must be positive (Å), got {a!r} for {solid.name}")
     structure, _, n_prim = PROTOTYPES[solid.prototype]
     atoms = bulk(solid.formula, structure, a=a)
     if len(atoms) != n_prim:
-        raise ValueError(f"{solid.name}: ase.build.bulk gave {len(atoms)} atoms for {solid.prototype}, expected {n_prim}")
+        raise WorkflowError(f"{solid.name}: ase.build.bulk gave {len(atoms)} atoms for {solid.prototype}, expected {n_prim}")
     return atoms
 
 
@@ -182,10 +183,10 @@ def conventional_lattice_constant(atoms: Atoms, prototype: str) -> float:
             atoms of that prototype's primitive cell.
     """
     if prototype not in PROTOTYPES:
-        raise ValueError(f"unknown prototype {prototype!r}: expected one of {', '.join(PROTOTYPES)}")
+        raise WorkflowError(f"unknown prototype {prototype!r}: expected one of {', '.join(PROTOTYPES)}")
     _, n_conv, n_prim = PROTOTYPES[prototype]
     if len(atoms) != n_prim:
-        raise ValueError(f"a {prototype} primitive cell has {n_prim} atom(s), got {len(atoms)}")
+        raise WorkflowError(f"a {prototype} primitive cell has {n_prim} atom(s), got {len(atoms)}")
     return float((abs(atoms.get_volume()) * n_conv / n_prim) ** (1.0 / 3.0))
 
 
@@ -197,7 +198,7 @@ def density(atoms: Atoms) -> float:
     """
     volume = abs(atoms.get_volume()) if atoms.cell.rank == 3 else 0.0
     if not volume > 0:
-        raise ValueError("density needs a cell with a non-zero volume")
+        raise WorkflowError("density needs a cell with a non-zero volume")
     return float(atoms.get_masses().sum() * _amu_in_grams() / (volume * 1e-24))
 
 
@@ -341,7 +342,7 @@ class DensityBenchmark:
                 results = {m: ModelResult(**r) for m, r in rec["models"].items()}
                 solids.append(SolidResult(solid, results))
         except (KeyError, TypeError) as exc:
-            raise ValueError(f"not a density benchmark dict: {exc}") from None
+            raise WorkflowError(f"not a density benchmark dict: {exc}") from None
         return cls(models=models, solids=solids, protocol=dict(data.get("protocol", {})))
 
     @classmethod
@@ -521,9 +522,9 @@ def _select_solids(solids: Iterable[Solid | str] | None) -> list[Solid]:
         elif isinstance(s, str) and s in by_name:
             chosen.append(by_name[s])
         else:
-            raise ValueError(f"unknown solid {s!r}: expected a Solid or a Sol58LC name such as 'Cu_fcc', 'NaCl_b1'")
+            raise WorkflowError(f"unknown solid {s!r}: expected a Solid or a Sol58LC name such as 'Cu_fcc', 'NaCl_b1'")
     if not chosen:
-        raise ValueError("solids is empty: nothing to benchmark")
+        raise WorkflowError("solids is empty: nothing to benchmark")
     return chosen
 
 
@@ -577,11 +578,11 @@ def density_benchmark(
         models = (models,)
     models = [str(m) for m in models]
     if not models:
-        raise ValueError("models is empty: give at least one model name")
+        raise WorkflowError("models is empty: give at least one model name")
     if len(set(models)) != len(models):
-        raise ValueError(f"models must be distinct, got {models}")
+        raise WorkflowError(f"models must be distinct, got {models}")
     if PBE in models:
-        raise ValueError(f"{PBE!r} is reserved for the PBE reference column; it cannot be a model name")
+        raise WorkflowError(f"{PBE!r} is reserved for the PBE reference column; it cannot be a model name")
     chosen = _select_solids(solids)
     results = [SolidResult(s) for s in chosen]
     bar = tqdm(total=len(models) * len(chosen), disable=not progress, desc="Sol58LC", unit="relax")

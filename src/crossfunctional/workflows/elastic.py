@@ -45,7 +45,8 @@ from ase.units import GPa
 
 from crossfunctional.io import atomic_write
 from crossfunctional.models import DEFAULT_MODEL
-from crossfunctional.workflows.eos import PropertyError, as_atoms, make_calculator, model_label, relax_crystal
+from crossfunctional.errors import WorkflowError
+from crossfunctional.workflows.eos import as_crystal, make_calculator, model_label, relax_crystal
 
 __all__ = ["ElasticResult", "elastic"]
 
@@ -241,7 +242,8 @@ def elastic(
         :class:`ElasticResult`.
 
     Raises:
-        TypeError: ``atoms`` of another type. PropertyError: not a 3D-periodic
+        crossfunctional.io.InputFileError: ``atoms`` of another type.
+        crossfunctional.errors.WorkflowError: not a 3D-periodic
             crystal, fewer than two strains or a zero strain, dispersion
             options with a ready calculator.
         crossfunctional.models.ModelError, crossfunctional.neighbors.StructureError,
@@ -250,11 +252,11 @@ def elastic(
     from pymatgen.analysis.elasticity import DeformedStructureSet, ElasticTensor, Strain
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    atoms = as_atoms(atoms)
+    atoms = as_crystal(atoms)
     for name, values in (("norm_strains", norm_strains), ("shear_strains", shear_strains)):
         values = [float(v) for v in values]
         if len(set(values)) < 2 or any(v == 0 for v in values) or any(abs(v) > 0.1 for v in values):
-            raise PropertyError(f"{name} must hold at least two distinct non-zero strains within ±0.1, got {values}")
+            raise WorkflowError(f"{name} must hold at least two distinct non-zero strains within ±0.1, got {values}")
     calc = make_calculator(calculator, model, device, dtype, dispersion, dispersion_functional)
     label = model_label(calc)
 

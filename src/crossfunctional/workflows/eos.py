@@ -33,19 +33,14 @@ from ase import Atoms
 from ase.filters import FrechetCellFilter
 from ase.units import GPa
 
-from crossfunctional.errors import CrossFunctionalError
-from crossfunctional.io import atomic_write, save_figure
+from crossfunctional.errors import WorkflowError
+from crossfunctional.io import as_atoms, atomic_write, save_figure
 from crossfunctional.models import DEFAULT_MODEL
 from crossfunctional.workflows.relax import relax
 
-__all__ = ["EOSResult", "PropertyError", "eos", "is_cubic"]
+__all__ = ["EOSResult", "eos", "is_cubic"]
 
 log = logging.getLogger(__name__)
-
-
-class PropertyError(CrossFunctionalError, ValueError):
-    """Input that an equation-of-state or elastic-constant calculation cannot use
-    (not a crystal, bad options, a fit that fails)."""
 
 
 class _ConstantVolumeFilter(FrechetCellFilter):
@@ -56,33 +51,26 @@ class _ConstantVolumeFilter(FrechetCellFilter):
 
 
 # ------------------------------------------------------------------ shared helpers
-def as_atoms(structure: Any) -> Atoms:
-    """A periodic crystal as a copy of ASE Atoms (from ASE Atoms or a pymatgen Structure).
+def as_crystal(structure: Any) -> Atoms:
+    """A periodic crystal as a copy of ASE Atoms (from ASE Atoms or a pymatgen
+    Structure, through :func:`crossfunctional.io.as_atoms`).
 
     Raises:
-        TypeError: neither type. PropertyError: empty, not periodic in three
-            directions, or without a cell volume.
+        crossfunctional.io.InputFileError: neither type. WorkflowError: empty,
+            not periodic in three directions, or without a cell volume.
     """
-    if not isinstance(structure, Atoms):
-        try:
-            from pymatgen.core import Structure
-            from pymatgen.io.ase import AseAtomsAdaptor
-        except ImportError:  # pragma: no cover - pymatgen is a dependency
-            Structure = None
-        if Structure is None or not isinstance(structure, Structure):
-            raise TypeError(f"expected ase.Atoms or pymatgen Structure, got {type(structure).__name__}")
-        structure = AseAtomsAdaptor.get_atoms(structure)
-    atoms = Atoms(structure.numbers, positions=structure.positions, cell=structure.cell, pbc=structure.pbc)
-    atoms.set_initial_magnetic_moments(structure.get_initial_magnetic_moments())
+    atoms = as_atoms(structure).copy()
+    atoms.calc = None
+    atoms.set_constraint()
     if len(atoms) == 0:
-        raise PropertyError("empty structure: no atoms")
+        raise WorkflowError("empty structure: no atoms")
     if not atoms.pbc.all():
-        raise PropertyError(
+        raise WorkflowError(
             f"{atoms.get_chemical_formula()} is periodic only along {atoms.pbc.tolist()}: "
             "a crystal periodic in 3 directions is needed"
         )
     if abs(atoms.get_volume()) < 1e-6:
-        raise PropertyError(f"{atoms.get_chemical_formula()} has no cell volume")
+        raise WorkflowError(f"{atoms.get_chemical_formula()} has no cell volume")
     return atoms
 
 
@@ -97,11 +85,11 @@ def make_calculator(
     """``calculator`` itself, or a new :class:`~crossfunctional.calculators.CrossFunctionalCalculator`.
 
     Raises:
-        PropertyError: dispersion options together with a ready calculator.
+        WorkflowError: dispersion options together with a ready calculator.
     """
     if calculator is not None:
         if dispersion is not None or dispersion_functional is not None:
-            raise PropertyError(
+            raise WorkflowError(
                 "dispersion= applies to a calculator made here; pass "
                 "CrossFunctionalCalculator(..., dispersion=...) as calculator instead"
             )
@@ -330,7 +318,8 @@ def eos(
         :class:`EOSResult` (``v0`` Å³, ``e0`` eV, ``b0`` GPa, ``b0_prime``).
 
     Raises:
-        TypeError: ``atoms`` of another type. PropertyError: not a 3D-periodic
+        crossfunctional.io.InputFileError: ``atoms`` of another type.
+        crossfunctional.errors.WorkflowError: not a 3D-periodic
             crystal, bad ``n_volumes``/``volume_range``/``eos_name``,
             dispersion options with a ready calculator, or a fit that fails.
         crossfunctional.models.ModelError, crossfunctional.neighbors.StructureError,
@@ -338,14 +327,14 @@ def eos(
     """
     from pymatgen.analysis.eos import EOS, EOSError as PymatgenEOSError
 
-    atoms = as_atoms(atoms)
+    atoms = as_crystal(atoms)
     if int(n_volumes) != n_volumes or n_volumes < 5:
-        raise PropertyError(f"n_volumes must be an integer >= 5 (the fit has 4 parameters), got {n_volumes!r}")
+        raise WorkflowError(f"n_volumes must be an integer >= 5 (the fit has 4 parameters), got {n_volumes!r}")
     if not 0 < volume_range < 0.3:
-        raise PropertyError(f"volume_range must be a fraction between 0 and 0.3, got {volume_range!r}")
+        raise WorkflowError(f"volume_range must be a fraction between 0 and 0.3, got {volume_range!r}")
     if eos_name not in EOS.MODELS or eos_name in ("numerical_eos", "deltafactor"):
         choices = ", ".join(k for k in EOS.MODELS if k not in ("numerical_eos", "deltafactor"))
-        raise PropertyError(f"unknown eos_name {eos_name!r}: expected one of {choices}")
+        raise WorkflowError(f"unknown eos_name {eos_name!r}: expected one of {choices}")
     calc = make_calculator(calculator, model, device, dtype, dispersion, dispersion_functional)
     label = model_label(calc)
 
@@ -371,7 +360,7 @@ def eos(
     try:
         fit = EOS(eos_name).fit(volumes_arr, energies_arr)
     except (PymatgenEOSError, RuntimeError, ValueError) as exc:
-        raise PropertyError(f"{relaxed.get_chemical_formula()}: the {eos_name} fit failed ({exc})") from None
+        raise WorkflowError(f"{relaxed.get_chemical_formula()}: the {eos_name} fit failed ({exc})") from None
     rms = float(np.sqrt(np.mean((energies_arr - fit.func(volumes_arr)) ** 2)) / len(relaxed))
     if not volumes_arr.min() <= fit.v0 <= volumes_arr.max():
         log.warning(

@@ -28,6 +28,7 @@ which is how this module runs LAMMPS).
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -36,6 +37,11 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers
+
+from crossfunctional.errors import WorkflowError
+from crossfunctional.io import as_atoms
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "LammpsData",
@@ -95,7 +101,7 @@ def write_data(atoms: Atoms, path: str | os.PathLike, species: list[str] | None 
         species = symbols
     missing = sorted(set(symbols) - set(species))
     if missing:
-        raise ValueError(f"species {species} lacks the element(s) {missing} of the structure")
+        raise WorkflowError(f"species {species} lacks the element(s) {missing} of the structure")
     pbc = np.asarray(atoms.pbc, dtype=bool)
     if not pbc.all():
         lengths = atoms.cell.lengths()
@@ -359,10 +365,11 @@ class MDResult:
         """Write ``trajectory.extxyz`` and ``thermo.csv`` into ``folder``."""
         from ase.io import write
 
-        from crossfunctional.io import atomic_path, atomic_write
+        from crossfunctional.io import atomic_path, atomic_write, clean_temporaries
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(folder)  # left by a killed earlier write
         paths = {"trajectory": folder / "trajectory.extxyz", "thermo": folder / "thermo.csv"}
         with atomic_path(paths["trajectory"]) as tmp:
             write(tmp, self.trajectory, format="extxyz")
@@ -424,12 +431,12 @@ def _md_fix(ensemble: str, temperature: float, pressure_bar: float, tdamp_ps: fl
         return f"fix cf_md all nvt temp {temperature} {temperature} {tdamp_ps}"
     if ensemble == "npt":
         if barostat not in ("iso", "aniso", "tri"):
-            raise ValueError(f"barostat must be iso, aniso or tri, got {barostat!r}")
+            raise WorkflowError(f"barostat must be iso, aniso or tri, got {barostat!r}")
         return (
             f"fix cf_md all npt temp {temperature} {temperature} {tdamp_ps} "
             f"{barostat} {pressure_bar} {pressure_bar} {pdamp_ps}"
         )
-    raise ValueError(f"ensemble must be nve, nvt or npt, got {ensemble!r}")
+    raise WorkflowError(f"ensemble must be nve, nvt or npt, got {ensemble!r}")
 
 
 def run_md(
@@ -484,8 +491,9 @@ def run_md(
     from ase.io import read
     from ase.units import fs as ase_fs
 
+    atoms = as_atoms(atoms)
     if ensemble.lower() == "npt" and not np.all(atoms.pbc):
-        raise ValueError("NPT needs a fully periodic cell")
+        raise WorkflowError("NPT needs a fully periodic cell")
     tmp_ctx = tempfile.TemporaryDirectory(prefix="crossfunctional-md-") if workdir is None else None
     folder = Path(tmp_ctx.name if tmp_ctx else workdir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -581,7 +589,10 @@ def ase_md(
     (``ase.md.nose_hoover_chain``). Arguments as :func:`run_md`; the
     calculator defaults to :class:`CrossFunctionalCalculator` with ``model``
     (and ``dispersion``, ``dispersion_functional``).
+    An interrupt (Ctrl-C, SIGINT) ends the run early and returns what was
+    computed (``info["interrupted"]`` True, ``info["steps_done"]``).
     """
+    atoms = as_atoms(atoms)
     import pandas as pd
     from ase import units
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -594,7 +605,7 @@ def ase_md(
             model, device=device, dtype=dtype, dispersion=dispersion, dispersion_functional=dispersion_functional
         )
     elif dispersion is not None or dispersion_functional is not None:
-        raise ValueError("dispersion= applies to a calculator made here; pass CrossFunctionalCalculator(..., dispersion=...)")
+        raise WorkflowError("dispersion= applies to a calculator made here; pass CrossFunctionalCalculator(..., dispersion=...)")
     atoms = atoms.copy()
     atoms.calc = calculator
     if np.abs(atoms.get_velocities()).max() == 0 and temperature > 0:
@@ -616,13 +627,13 @@ def ase_md(
         from ase.md.nose_hoover_chain import IsotropicMTKNPT
 
         if not np.all(atoms.pbc):
-            raise ValueError("NPT needs a fully periodic cell")
+            raise WorkflowError("NPT needs a fully periodic cell")
         dyn = IsotropicMTKNPT(
             atoms, timestep=dt, temperature_K=temperature, pressure_au=pressure * units.GPa,
             tdamp=tdamp * units.fs, pdamp=pdamp * units.fs,
         )  # fmt: skip
     else:
-        raise ValueError(f"ensemble must be nve, nvt or npt, got {ensemble!r}")
+        raise WorkflowError(f"ensemble must be nve, nvt or npt, got {ensemble!r}")
 
     rows: list[dict] = []
     trajectory: list[Atoms] = []
@@ -648,5 +659,10 @@ def ase_md(
             trajectory.append(frame)
 
     dyn.attach(record, interval=1)  # also called once before the first step
-    dyn.run(steps)
-    return MDResult(trajectory=trajectory, thermo=pd.DataFrame(rows), engine="ase", info={"ensemble": ensemble})
+    info = {"ensemble": ensemble, "steps_done": steps, "interrupted": False}
+    try:
+        dyn.run(steps)
+    except KeyboardInterrupt:  # Ctrl-C: keep every complete frame computed so far
+        info.update(steps_done=int(dyn.nsteps), interrupted=True)
+        log.warning("MD interrupted after %d of %d steps; the frames computed so far are kept", dyn.nsteps, steps)
+    return MDResult(trajectory=trajectory, thermo=pd.DataFrame(rows), engine="ase", info=info)

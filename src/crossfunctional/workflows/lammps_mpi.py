@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from crossfunctional.errors import WorkflowError
 from crossfunctional.workflows.lammps_md import thermo_rows, write_data
 
 __all__ = ["deviations", "lmp_command", "mpi_nve", "mpi_single_point", "run_lmp"]
@@ -177,7 +178,7 @@ def deviations(got: dict, ref: dict) -> dict:
     ``max|ΔF|/max|F|`` and pressure ``max|ΔP|/max|P|`` (the six components).
     Atom IDs must match."""
     if not np.array_equal(got["ids"], ref["ids"]):
-        raise ValueError("the two runs have different atom IDs")
+        raise WorkflowError("the two runs have different atom IDs")
     return {
         "energy": abs(got["energy"] - ref["energy"]) / abs(ref["energy"]),
         "energies": np.abs(got["energies"] - ref["energies"]).max() / np.abs(ref["energies"]).max(),

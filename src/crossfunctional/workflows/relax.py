@@ -11,15 +11,21 @@ Units are ASE's: energies in eV, forces in eV/Å, lengths in Å.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import torch
 from ase import Atoms
 
-from crossfunctional.io import atomic_path
+from crossfunctional.errors import WorkflowError
+from crossfunctional.io import as_atoms, as_structure, atomic_path
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CELL_FILTERS", "RelaxResult", "available_optimizers", "relax"]
 
@@ -46,6 +52,9 @@ class RelaxResult:
             ``exp_cell_factor``, by default divided by the number of atoms).
             This is the quantity compared with ``fmax`` to decide convergence.
         trajectory: path of the ASE trajectory file written, or None.
+        final_structure: the relaxed structure as a pymatgen ``Structure``
+            (``Molecule`` when not periodic), as upstream ``chgnet``'s
+            ``StructOptimizer.relax`` returns it.
     """
 
     atoms: Atoms
@@ -54,6 +63,24 @@ class RelaxResult:
     steps: int
     fmax: float
     trajectory: Path | None = None
+
+    @property
+    def final_structure(self):
+        return as_structure(self.atoms)
+
+
+def _looks_like_slab(atoms: Atoms, gap: float = 5.0) -> bool:
+    """Whether the atoms leave an empty gap of more than ``gap`` Å along one cell vector."""
+    if len(atoms) == 0:
+        return False
+    frac = atoms.get_scaled_positions(wrap=True)
+    lengths = atoms.cell.lengths()
+    for k in range(3):
+        s = np.sort(frac[:, k])
+        widest = max(np.max(np.diff(s)) if len(s) > 1 else 0.0, 1.0 - s[-1] + s[0])
+        if widest * lengths[k] > gap:
+            return True
+    return False
 
 
 def available_optimizers() -> dict[str, type]:
@@ -82,7 +109,7 @@ def _optimizer_class(optimizer: str | type) -> type:
         by_lower = {name.lower(): cls for name, cls in options.items()}
         if optimizer.lower() in by_lower:
             return by_lower[optimizer.lower()]
-    raise ValueError(
+    raise WorkflowError(
         f"unknown optimizer {optimizer!r}: expected the name of an ASE optimizer, one of "
         f"{', '.join(options)} (or an ase.optimize.optimize.Optimizer subclass)"
     )
@@ -97,7 +124,7 @@ def _cell_filter_class(cell_filter: str | type | None) -> type | None:
         return cell_filter
     if isinstance(cell_filter, str) and cell_filter in CELL_FILTERS:
         return getattr(ase.filters, cell_filter)
-    raise ValueError(
+    raise WorkflowError(
         f"unknown cell_filter {cell_filter!r}: expected one of {', '.join(CELL_FILTERS)} "
         "(from ase.filters) or None to relax the atomic positions only"
     )
@@ -119,7 +146,8 @@ def relax(
     """Relax atomic positions (and the cell, with a cell filter) of a copy of ``atoms``.
 
     Args:
-        atoms: structure with N atoms. It is not modified: a copy is relaxed.
+        atoms: ASE Atoms or a pymatgen Structure with N atoms. It is not
+            modified: a copy is relaxed.
         fmax: convergence threshold on the largest force, eV/Å (> 0). With a
             cell filter the filter's cell rows count too (see
             :attr:`RelaxResult.fmax`).
@@ -150,7 +178,7 @@ def relax(
         and the trajectory path.
 
     Raises:
-        ValueError: empty structure, ``fmax`` <= 0, negative ``steps``, unknown
+        crossfunctional.errors.WorkflowError: empty structure, ``fmax`` <= 0, negative ``steps``, unknown
             optimizer or cell filter name (the message lists the options), or a
             cell filter asked for a structure that is not periodic in all three
             directions.
@@ -159,21 +187,26 @@ def relax(
         crossfunctional.neighbors.StructureError: a structure the model cannot
             evaluate (unknown element, atoms closer than 0.5 Å, NaN, ...).
     """
-    if not isinstance(atoms, Atoms):
-        raise TypeError(f"atoms must be an ase.Atoms, got {type(atoms).__name__}")
+    atoms = as_atoms(atoms)
     if len(atoms) == 0:
-        raise ValueError("atoms is empty: nothing to relax")
+        raise WorkflowError("atoms is empty: nothing to relax")
     if not fmax > 0:
-        raise ValueError(f"fmax must be a positive force in eV/Å, got {fmax!r}")
+        raise WorkflowError(f"fmax must be a positive force in eV/Å, got {fmax!r}")
     if int(steps) != steps or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+        raise WorkflowError(f"steps must be a non-negative integer, got {steps!r}")
     opt_class = _optimizer_class(optimizer)
     filter_class = _cell_filter_class(cell_filter)
     if filter_class is not None and not atoms.pbc.all():
-        raise ValueError(
+        raise WorkflowError(
             f"cell_filter {getattr(filter_class, '__name__', cell_filter)!r} needs a structure periodic in "
             f"all three directions (stress is defined only there), got pbc={atoms.pbc.tolist()}; "
-            "pass cell_filter=None to relax the atomic positions only"
+            "pass cell_filter=None (command line: --cell-filter none) to relax the atomic positions only"
+        )
+    if filter_class is not None and _looks_like_slab(atoms):
+        log.warning(
+            "the cell has a vacuum gap: relaxing the cell of a slab also shrinks the vacuum; keep that direction "
+            "fixed with a mask, e.g. FrechetCellFilter(atoms, mask=[1, 1, 0, 0, 0, 1]) for vacuum along z, or "
+            "relax positions only (cell_filter=None, --cell-filter none)"
         )
 
     work = atoms.copy()
@@ -204,7 +237,10 @@ def relax(
             writer = Trajectory(str(traj_file), "w", atoms=work)
             opt.attach(writer.write, interval=1)
         try:
-            converged = bool(opt.run(fmax=fmax, steps=int(steps)))
+            with warnings.catch_warnings():
+                # scipy's logm (FrechetCellFilter) warns about its accuracy at every step; the filter checks its result
+                warnings.filterwarnings("ignore", message=".*logm result may be inaccurate.*")
+                converged = bool(opt.run(fmax=fmax, steps=int(steps)))
         finally:
             if writer is not None:
                 writer.close()

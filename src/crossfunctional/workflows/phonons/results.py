@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ase import Atoms
 
+from crossfunctional.errors import WorkflowError
 from crossfunctional.io import atomic_path, atomic_write
 from crossfunctional.workflows.phonons.cells import _phonopy_labels
 
@@ -203,7 +204,7 @@ class PhononResult:
         from phonopy.file_IO import write_force_constants_to_hdf5, write_FORCE_CONSTANTS
 
         if fc_format not in ("text", "hdf5"):
-            raise ValueError(f"fc_format must be 'text' or 'hdf5', got {fc_format!r}")
+            raise WorkflowError(f"fc_format must be 'text' or 'hdf5', got {fc_format!r}")
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         ph = self.phonopy
@@ -325,7 +326,7 @@ def plot_band_structure(
     if reference is not None:
         xaxis = reference.band
         if xaxis["labels"] != b["labels"] or [len(d) for d in xaxis["distances"]] != [len(d) for d in b["distances"]]:
-            raise ValueError("reference has a different band path; plot it on its own axes")
+            raise WorkflowError("reference has a different band path; plot it on its own axes")
     first = True
     for d, f in zip(xaxis["distances"], b["frequencies"]):
         lines = ax.plot(d, f, color=color, lw=1.0, **kwargs)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ase import Atoms
 
+from crossfunctional.io import as_atoms
 from crossfunctional.models import DEFAULT_MODEL
 from crossfunctional.workflows.phonons.cells import (
     DEFAULT_MIN_LENGTH,
@@ -67,7 +68,10 @@ DEFAULT_IMAGINARY_THRESHOLD = -0.05
 DEFAULT_BATCH_SIZE = 8
 #: Peak memory of one float64 CHGNet force evaluation per directed edge, bytes
 #: (measured ~50 kB/edge on Si supercells of 64-512 atoms; rounded up).
-_BYTES_PER_EDGE = 60_000
+_BYTES_PER_EDGE = 40_000
+#: Peak memory per angle (pair of short bonds, < 3 Å, at one atom), bytes
+_BYTES_PER_ANGLE = 35_000
+BOND_GRAPH_CUTOFF = 3.0  # Å, CHGNet's short bonds, between which angles are built
 
 
 def _require_phonopy() -> None:
@@ -173,9 +177,11 @@ def memory_estimate(unit: Atoms, n_cells: int, cutoff: float | None, batch: int 
     the N_s = ``n_cells · len(unit)`` atoms of the supercell, counted twice (a
     working copy): ``2 · 9 · 8 · N_s²``. And, for a model with a neighbour
     cutoff, the float64 force evaluation of ``batch`` displaced supercells
-    together: ``batch · N_s · E · 60 kB``, with E the directed edges per atom
-    of the unit cell within ``cutoff`` and 60 kB per edge (measured about
-    50 kB per edge for CHGNet on Si supercells of 64-512 atoms; rounded up).
+    together: ``batch · N_s · (E · 40 kB + A · 35 kB)``, with E the directed
+    edges per atom of the unit cell within ``cutoff`` and A the angles per atom
+    (ordered pairs of bonds shorter than 3 Å at an atom). The two constants
+    were fitted to the measured peak of CHGNet on Si and MgO supercells
+    (about 29 kB per edge and 26 kB per angle) and rounded up by a third.
     A batched graph of B supercells has B times the edges of one, hence the
     factor; a calculator that splits a batch into smaller graphs needs less,
     so this is an upper bound.
@@ -196,10 +202,16 @@ def memory_estimate(unit: Atoms, n_cells: int, cutoff: float | None, batch: int 
     fc = 2.0 * n_super**2 * 9 * 8
     if cutoff is None or batch == 0:
         return fc
+    import numpy as np
+
     from crossfunctional.neighbors import neighbor_list
 
-    edges_per_atom = neighbor_list(unit, float(cutoff)).edge_index.shape[1] / len(unit)
-    return fc + batch * n_super * edges_per_atom * _BYTES_PER_EDGE
+    edges = neighbor_list(unit, float(cutoff))
+    edges_per_atom = edges.edge_index.shape[1] / len(unit)
+    short = np.linalg.norm(edges.edge_vectors, axis=1) < BOND_GRAPH_CUTOFF
+    per_center = np.bincount(edges.edge_index[0][short], minlength=len(unit))
+    angles_per_atom = float((per_center * (per_center - 1)).sum()) / len(unit)
+    return fc + batch * n_super * (edges_per_atom * _BYTES_PER_EDGE + angles_per_atom * _BYTES_PER_ANGLE)
 
 
 def _batch_for_memory(unit: Atoms, n_cells: int, cutoff: float | None, largest: int, limit: float | None) -> int:
@@ -367,6 +379,7 @@ def phonons(
         crossfunctional.models.ModelError, crossfunctional.neighbors.StructureError:
             as the calculator raises them.
     """
+    atoms = as_atoms(atoms)
     _check_crystal(atoms)
     _require_phonopy()
     if not displacement > 0:
