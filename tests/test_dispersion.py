@@ -225,3 +225,14 @@ def test_relax_many_adds_the_correction_as_relax_does(our_models):
         assert abs(got.energy - ref.energy) / len(atoms) < TOL_E
         assert got.atoms.get_volume() == pytest.approx(ref.atoms.get_volume(), rel=1e-8)
         assert got.atoms.get_volume() < without.atoms.get_volume()  # dispersion contracts
+
+
+def test_pickled_calculator_keeps_its_correction():
+    import pickle
+
+    calc = CrossFunctionalCalculator("chgnet-0.3.0", dtype="float64", dispersion="d4")
+    assert calc.todict()["dispersion"] == "d4"
+    clone = pickle.loads(pickle.dumps(calc))
+    assert clone.dispersion.label == "pbe-D4"
+    atoms = _mgo()
+    assert _evaluate(atoms, clone)["energy"] == pytest.approx(_evaluate(atoms, calc)["energy"], abs=1e-9)
