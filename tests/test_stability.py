@@ -117,3 +117,23 @@ def test_any_ase_calculator_and_specs(data_file):
     hf = result.compounds[0]["models"]["EMT"]["formation_energy"]
     assert np.isfinite(hf) and result.summary["EMT"]["reference_dft"] == "hf_r2scan"
     assert set(result.summary["EMT"]["formation_vs_dft"]) == {"hf_r2scan", "hf_gga_gga_u"}
+
+
+def test_density_benchmark_takes_any_ase_calculator():
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.eos import EquationOfState
+
+    from crossfunctional.workflows import density_benchmark
+
+    result = density_benchmark(models={"EMT": EMT}, solids=["Cu_fcc", "Al_fcc"], progress=False)
+    for solid in result.solids:
+        element, a_exp = solid.solid.formula, solid.solid.a_exp
+        volumes, energies = [], []
+        for scale in np.linspace(0.97, 1.03, 13):  # EMT's own equilibrium by ASE's equation of state
+            atoms = bulk(element, "fcc", a=a_exp * scale)
+            atoms.calc = EMT()
+            volumes.append(atoms.get_volume())
+            energies.append(atoms.get_potential_energy())
+        v0, _, _ = EquationOfState(volumes, energies).fit()
+        assert solid.models["EMT"].a == pytest.approx((4 * v0) ** (1 / 3), abs=3e-3)  # Å

@@ -17,7 +17,7 @@ def cmd_benchmark_density(args: argparse.Namespace) -> int:
     check_device(args)
     check_output(args.output, directory=True)
     result = density_benchmark(
-        models=tuple(args.models),
+        models=_models(args),
         fmax=args.fmax,
         steps=args.steps,
         device=args.device,
@@ -120,6 +120,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
     b.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="precision (default float32)")
     add_dispersion_options(b)
+    b.add_argument("--calculator", action="append", metavar="NAME=module:factory[:json]",
+                   help="also benchmark any ASE calculator (see 'benchmark stability --help')")
     b.set_defaults(func=cmd_benchmark_density)
 
     b = bsub.add_parser("bulk-moduli", help="BM32 bulk moduli (equation of state) against experiment")

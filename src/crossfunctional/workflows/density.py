@@ -23,6 +23,7 @@ Units: lattice constants in Å, densities in g/cm³, errors in %.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import os
@@ -529,7 +530,7 @@ def _select_solids(solids: Iterable[Solid | str] | None) -> list[Solid]:
 
 
 def density_benchmark(
-    models: Sequence[str] = ("chgnet-r2scan", "chgnet-0.3.0"),
+    models: Sequence[str] | dict[str, Any] = ("chgnet-r2scan", "chgnet-0.3.0"),
     fmax: float = 0.01,
     steps: int = 1000,
     device: str = "cpu",
@@ -549,7 +550,9 @@ def density_benchmark(
 
     Args:
         models: model names or paths (see :func:`crossfunctional.models.load_model`),
-            each run in turn; must be distinct and not ``"pbe"``.
+            each run in turn, or {label: model name, ASE calculator, or a
+            class / factory that makes one} to benchmark any ASE calculator;
+            labels must be distinct and not ``"pbe"``.
         fmax: force threshold, eV/Å.
         steps: maximum optimizer steps per relaxation.
         device: torch device (``"cpu"``, ``"cuda"``).
@@ -576,7 +579,8 @@ def density_benchmark(
 
     if isinstance(models, str):
         models = (models,)
-    models = [str(m) for m in models]
+    given = dict(models) if isinstance(models, dict) else {str(m): str(m) for m in models}
+    models = list(given)
     if not models:
         raise WorkflowError("models is empty: give at least one model name")
     if len(set(models)) != len(models):
@@ -589,9 +593,15 @@ def density_benchmark(
     labels = []
     try:
         for name in models:
-            calc = CrossFunctionalCalculator(
-                model=name, device=device, dtype=dtype, dispersion=dispersion, dispersion_functional=dispersion_functional
-            )
+            spec = given[name]
+            if isinstance(spec, (str, os.PathLike)):
+                calc = CrossFunctionalCalculator(
+                    model=spec, device=device, dtype=dtype, dispersion=dispersion, dispersion_functional=dispersion_functional
+                )
+            elif hasattr(spec, "get_potential_energy") and not inspect.isclass(spec):
+                calc = spec  # an ASE calculator
+            else:
+                calc = spec()  # a calculator class or factory
             model = name if dispersion is None else f"{name}+{dispersion}"
             labels.append(model)
             for res in results:
