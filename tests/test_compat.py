@@ -172,3 +172,22 @@ def test_small_graphs_run_on_one_thread():
         assert torch.get_num_threads() == 2  # restored after each call
     finally:
         torch.set_num_threads(before)
+
+
+def test_structure_into_every_workflow(calc):
+    """A pymatgen Structure goes into phonons, ASE MD, EOS and elastic constants
+    as it goes into relax, with the numbers of its Atoms."""
+    from crossfunctional.workflows import phonons
+    from crossfunctional.workflows.eos import eos
+    from crossfunctional.workflows.lammps_md import ase_md
+
+    structure = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.44), ["Si"], [[0, 0, 0]]).get_primitive_structure()
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    kw = dict(relax=False, supercell_matrix=2, mesh_length=5.0, band_npoints=3, t_max=100, progress=False)
+    ph_s, ph_a = phonons(structure, **kw), phonons(atoms, **kw)
+    np.testing.assert_allclose(ph_s.phonopy.force_constants, ph_a.phonopy.force_constants, atol=1e-10)
+    md = ase_md(structure, calculator=calc, ensemble="nve", temperature=300, steps=3, thermo_every=1, dump_every=1, seed=1)
+    assert len(md.trajectory) == 4 and md.trajectory[0].get_chemical_formula() == "Si2"
+    fit_s = eos(structure, calculator=calc)
+    fit_a = eos(atoms, calculator=calc)
+    assert fit_s.b0 == pytest.approx(fit_a.b0, rel=1e-9) and fit_s.v0 == pytest.approx(fit_a.v0, rel=1e-9)
