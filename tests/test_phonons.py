@@ -20,6 +20,7 @@ pytest.importorskip("phonopy")
 pytest.importorskip("seekpath")
 
 from crossfunctional.calculators import CrossFunctionalCalculator  # noqa: E402
+from crossfunctional.io import InputFileError  # noqa: E402
 from crossfunctional.workflows.phonons import (  # noqa: E402
     PhononError,
     evaluate_forces,
@@ -363,7 +364,7 @@ def test_molecule_without_cell_is_rejected(calc):
     slab.pbc = [True, True, False]
     with pytest.raises(PhononError, match="all three directions"):
         phonons(slab, calculator=calc)
-    with pytest.raises(TypeError):
+    with pytest.raises(InputFileError, match="expected ASE Atoms or a pymatgen Structure"):
         phonons("Si", calculator=calc)
 
 

@@ -137,3 +137,23 @@ def test_density_benchmark_takes_any_ase_calculator():
             energies.append(atoms.get_potential_energy())
         v0, _, _ = EquationOfState(volumes, energies).fit()
         assert solid.models["EMT"].a == pytest.approx((4 * v0) ** (1 / 3), abs=3e-3)  # Å
+
+
+def test_saved_results_are_taken_on_a_rerun(data_file, tmp_path, monkeypatch):
+    import importlib
+
+    partial = tmp_path / "partial.json"
+    first = stability_benchmark(models=["chgnet-r2scan"], data=data_file, partial=partial)
+    saved = json.loads(partial.read_text())["done"]
+    assert len(saved["chgnet-r2scan:compounds"]) == len(first.compounds)
+    batch_relax = importlib.import_module("crossfunctional.workflows.batch_relax")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("relaxed again although the results were saved")
+
+    monkeypatch.setattr(batch_relax, "relax_many", must_not_run)
+    again = stability_benchmark(models=["chgnet-r2scan"], data=data_file, partial=partial)
+    assert [c["models"] for c in again.compounds] == [c["models"] for c in first.compounds]
+    from crossfunctional.io import PartialResults
+
+    assert PartialResults(partial, {"other": "settings"}).done == {}  # results of other settings are not reused

@@ -225,3 +225,48 @@ def clean_temporaries(folder: str | os.PathLike) -> list[Path]:
                 path.unlink()
                 removed.append(path)
     return removed
+
+
+class PartialResults:
+    """Per-item results of a long benchmark saved as they come (atomically,
+    JSON), so that an interrupted run resumes where it stopped.
+
+    The file holds the run's ``settings``; results saved under other
+    settings are not reused (the file is started again).
+
+    Args:
+        path: the JSON file, or None to keep nothing.
+        settings: JSON-serialisable description of the run (models, data, protocol).
+    """
+
+    def __init__(self, path: str | os.PathLike | None, settings: dict) -> None:
+        import json
+
+        self.path = None if path is None else Path(path)
+        self.settings = json.loads(json.dumps(settings))
+        self.done: dict[str, dict] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                saved = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                saved = {}
+            if saved.get("settings") == self.settings:
+                self.done = saved.get("done", {})
+
+    def get(self, group: str, key: str):
+        """The saved result of ``key`` in ``group``, or None."""
+        return self.done.get(group, {}).get(key)
+
+    def put(self, group: str, key: str, value) -> None:
+        """Save one result (and the file, when there is one)."""
+        import json
+
+        self.done.setdefault(group, {})[key] = value
+        if self.path is not None:
+            with atomic_write(self.path) as fh:
+                json.dump({"settings": self.settings, "done": self.done}, fh)
+
+    def remove(self) -> None:
+        """Delete the file (the run finished and wrote its results)."""
+        if self.path is not None and self.path.is_file():
+            self.path.unlink()

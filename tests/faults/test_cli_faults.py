@@ -103,3 +103,39 @@ def test_rerun_removes_temporaries_of_a_killed_write(tmp_path):
     removed = clean_temporaries(tmp_path)
     assert sorted(p.name for p in removed) == [".plot.png.abc123.tmp.png", ".results.json.xyz.tmp"]
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_interrupted_benchmark_resumes(tmp_path, monkeypatch):
+    """The density benchmark saves every solid as it comes; killed after the
+    first, the same command takes it from the output folder and relaxes only
+    the rest, with the same numbers."""
+    import importlib
+
+    density_module = importlib.import_module("crossfunctional.workflows.density")  # the module, not the function
+    from crossfunctional.workflows import density_benchmark
+
+    out = tmp_path / "density"
+    args = ["benchmark", "density", "--models", "chgnet-r2scan", "--solids", "Cu_fcc", "Si_diamond", "--output", str(out)]
+    real = density_module.relax
+    calls = []
+
+    def dies_on_the_second(atoms, **kwargs):
+        calls.append(atoms.get_chemical_formula())
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(atoms, **kwargs)
+
+    monkeypatch.setattr(density_module, "relax", dies_on_the_second)
+    try:
+        main(args)
+    except KeyboardInterrupt:
+        pass
+    assert (out / ".density_partial.json").is_file()
+    monkeypatch.setattr(density_module, "relax", lambda atoms, **kw: calls.append(atoms.get_chemical_formula()) or real(atoms, **kw))
+    assert main(args) == 0
+    assert calls == ["Cu", "Si2", "Si2"]  # Cu taken from the saved results
+    assert not (out / ".density_partial.json").exists()
+    data = json.loads((out / "density_benchmark.json").read_text())
+    fresh = density_benchmark(models=["chgnet-r2scan"], solids=["Cu_fcc"], progress=False)
+    cu = next(s for s in data["solids"] if s["name"] == "Cu_fcc")
+    assert cu["models"]["chgnet-r2scan"]["a"] == fresh.solids[0].models["chgnet-r2scan"].a

@@ -16,8 +16,9 @@ def cmd_benchmark_density(args: argparse.Namespace) -> int:
 
     check_device(args)
     check_output(args.output, directory=True)
+    partial = _partial_file(args)
     result = density_benchmark(
-        models=_models(args),
+        models=_models(args), partial=partial,
         fmax=args.fmax,
         steps=args.steps,
         device=args.device,
@@ -27,6 +28,7 @@ def cmd_benchmark_density(args: argparse.Namespace) -> int:
     )
     print(result.table())
     result.write(args.output)
+    partial.unlink(missing_ok=True)
     print(f"wrote {Path(args.output) / 'density_benchmark.json'}, .csv and the plot")
     return 0
 
@@ -80,6 +82,15 @@ def _common(b: argparse.ArgumentParser, dtype_default: str) -> None:
     b.add_argument("--dtype", default=dtype_default, choices=["float32", "float64"], help=f"precision (default {dtype_default})")
 
 
+def _partial_file(args: argparse.Namespace) -> Path:
+    """The file in the output folder where results are saved as they come
+    (resumed unless --no-resume)."""
+    path = Path(args.output) / f".{args.benchmark}_partial.json"
+    if args.no_resume and path.exists():
+        path.unlink()
+    return path
+
+
 def _models(args: argparse.Namespace) -> dict:
     """{label: model name/file or calculator factory} from --models and --calculator."""
     from crossfunctional.workflows.stability import parse_calculator_spec
@@ -96,12 +107,14 @@ def cmd_benchmark_stability(args: argparse.Namespace) -> int:
 
     check_device(args)
     check_output(args.output, directory=True)
+    partial = _partial_file(args)
     result = stability_benchmark(
         models=_models(args), data=args.data, limit=args.limit, fmax=args.fmax, steps=args.steps,
-        device=args.device, dtype=args.dtype, progress=not args.no_progress,
+        device=args.device, dtype=args.dtype, progress=not args.no_progress, partial=partial,
     )
     print(result.table())
     paths = result.write(args.output)
+    partial.unlink(missing_ok=True)
     print(f"wrote {paths['json']}, {paths['csv'].name}, {paths['plot_dft'].name} and {paths['plot_exp'].name}")
     return 0
 
@@ -122,6 +135,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_dispersion_options(b)
     b.add_argument("--calculator", action="append", metavar="NAME=module:factory[:json]",
                    help="also benchmark any ASE calculator (see 'benchmark stability --help')")
+    b.add_argument("--no-resume", action="store_true",
+                   help="start again instead of taking the results an interrupted run saved in the output folder")
     b.set_defaults(func=cmd_benchmark_density)
 
     b = bsub.add_parser("bulk-moduli", help="BM32 bulk moduli (equation of state) against experiment")
@@ -160,4 +175,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
     b.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="precision (default float32)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.add_argument("--no-resume", action="store_true",
+                   help="start again instead of taking the results an interrupted run saved in the output folder")
     b.set_defaults(func=cmd_benchmark_stability)

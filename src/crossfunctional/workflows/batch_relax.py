@@ -14,7 +14,7 @@ structures take its place.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -104,6 +104,7 @@ def relax_many(
     dtype: str | None = "float32",
     max_atoms_per_batch: int = 2_000,
     progress: bool = False,
+    on_result: Callable[[int, RelaxResult], None] | None = None,
 ) -> list[RelaxResult]:
     """Relax positions and cells of many structures at once (FIRE with the
     Fréchet cell filter, ASE's FIRE parameters), each to its own ``fmax``
@@ -120,6 +121,8 @@ def relax_many(
         steps: the most FIRE steps a structure may take.
         max_atoms_per_batch: atoms evaluated together at most (memory bound).
         progress: a tqdm bar of finished structures.
+        on_result: called with (input index, result) as each structure
+            leaves the batch (to save results as they come).
 
     Returns:
         One :class:`~crossfunctional.workflows.relax.RelaxResult` per input, in
@@ -179,6 +182,8 @@ def relax_many(
                 atoms.calc = calc
                 out[i] = RelaxResult(atoms=atoms, energy=float(energies[j]), converged=bool(converged[j]),
                                      steps=int(steps_done[i]), fmax=float(sys_fmax[j]))
+                if on_result is not None:
+                    on_result(i, out[i])
             if bar is not None:
                 bar.update(int(leave.sum()))
             current, _, idx = batcher.next_batch(current, torch.as_tensor(leave))

@@ -28,7 +28,7 @@ import io
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -539,6 +539,7 @@ def density_benchmark(
     progress: bool = True,
     dispersion: str | None = None,
     dispersion_functional: str | None = None,
+    partial: str | os.PathLike | None = None,
 ) -> DensityBenchmark:
     """Relax the Sol58LC solids with each model and compare lattice constants with experiment.
 
@@ -563,6 +564,10 @@ def density_benchmark(
         dispersion, dispersion_functional: a dispersion correction added to
             every model (as for :class:`~crossfunctional.calculators.CrossFunctionalCalculator`);
             the results are then labelled ``<model>+<dispersion>``.
+        partial: a JSON file where every relaxed solid is saved as it comes;
+            a run interrupted before the end, restarted with the same settings
+            and file, takes the saved solids from it (the command line keeps
+            it in the output folder).
 
     Returns:
         :class:`DensityBenchmark` (``.summary``, ``.solids``, ``.to_dict()``,
@@ -589,6 +594,12 @@ def density_benchmark(
         raise WorkflowError(f"{PBE!r} is reserved for the PBE reference column; it cannot be a model name")
     chosen = _select_solids(solids)
     results = [SolidResult(s) for s in chosen]
+    from crossfunctional.io import PartialResults
+
+    saved = PartialResults(partial, {"benchmark": "density", "models": [str(given[m]) if isinstance(given[m], (str, os.PathLike))
+                                                                          else m for m in models],
+                                     "solids": [s.name for s in chosen], "fmax": fmax, "steps": steps, "dtype": str(dtype),
+                                     "dispersion": dispersion, "dispersion_functional": dispersion_functional})
     bar = tqdm(total=len(models) * len(chosen), disable=not progress, desc="Sol58LC", unit="relax")
     labels = []
     try:
@@ -607,6 +618,11 @@ def density_benchmark(
             for res in results:
                 solid = res.solid
                 bar.set_postfix_str(f"{model} {solid.name}")
+                previous = saved.get(model, solid.name)
+                if previous is not None:
+                    res.models[model] = ModelResult(**previous)
+                    bar.update(1)
+                    continue
                 atoms = build_solid(solid)
                 atoms.calc = calc
                 out = relax(atoms, fmax=fmax, steps=steps, optimizer=OPTIMIZER, cell_filter=CELL_FILTER)
@@ -620,6 +636,7 @@ def density_benchmark(
                     fmax=out.fmax,
                     energy_per_atom=out.energy / len(out.atoms),
                 )
+                saved.put(model, solid.name, asdict(res.models[model]))
                 bar.update(1)
     finally:
         bar.close()

@@ -297,29 +297,42 @@ def _finite(obj: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- workflow
-def _relax_all(structures: list, model: Any, fmax: float, steps: int, device: str, dtype: str, progress: bool) -> list:
-    """RelaxResults of every structure: batched for our models, one by one
-    with relax() for any other ASE calculator (or calculator factory)."""
+def _relax_all(structures: list, model: Any, fmax: float, steps: int, device: str, dtype: str, progress: bool,
+               saved, group: str) -> list[dict[str, Any]]:
+    """{"energy_per_atom", "converged", "steps", "failed"} of every structure,
+    relaxed batched for our models and one by one with relax() for any other
+    ASE calculator (or calculator factory); results already in ``saved``
+    (:class:`~crossfunctional.io.PartialResults`, under ``group``) are taken
+    from there, new ones are saved as they come."""
+    import inspect
+
     from crossfunctional.calculators import CrossFunctionalCalculator
+    from crossfunctional.io import as_atoms
     from crossfunctional.workflows.batch_relax import relax_many
     from crossfunctional.workflows.relax import relax
 
-    if isinstance(model, CrossFunctionalCalculator):
-        return relax_many(structures, calculator=model, fmax=fmax, steps=steps, progress=progress)
-    if isinstance(model, str) or hasattr(model, "parameters"):
-        return relax_many(structures, model=model, fmax=fmax, steps=steps, device=device, dtype=dtype, progress=progress)
-    import inspect
+    out: list[dict[str, Any] | None] = [saved.get(group, str(k)) for k in range(len(structures))]
+    todo = [k for k, r in enumerate(out) if r is None]
 
+    def keep(k: int, res) -> None:
+        out[k] = {"energy_per_atom": res.energy / len(res.atoms), "converged": bool(res.converged),
+                  "steps": int(res.steps), "failed": (not res.converged) or _isolated(res.atoms)}
+        saved.put(group, str(k), out[k])
+
+    if not todo:
+        return out  # type: ignore[return-value]
+    batch = [structures[k] for k in todo]
+    if isinstance(model, CrossFunctionalCalculator) or isinstance(model, str) or hasattr(model, "parameters"):
+        kwargs = {"calculator": model} if isinstance(model, CrossFunctionalCalculator) else {"model": model, "device": device, "dtype": dtype}
+        relax_many(batch, fmax=fmax, steps=steps, progress=progress, on_result=lambda j, res: keep(todo[j], res), **kwargs)
+        return out  # type: ignore[return-value]
     is_instance = hasattr(model, "get_potential_energy") and not inspect.isclass(model)
     calc = model if is_instance else model()  # an ASE calculator, or a class / factory that makes one
-    out = []
-    for s in structures:
-        from crossfunctional.io import as_atoms
-
+    for k, s in zip(todo, batch):
         atoms = as_atoms(s).copy()
         atoms.calc = calc
-        out.append(relax(atoms, fmax=fmax, steps=steps))
-    return out
+        keep(k, relax(atoms, fmax=fmax, steps=steps))
+    return out  # type: ignore[return-value]
 
 
 def stability_benchmark(
@@ -331,6 +344,7 @@ def stability_benchmark(
     device: str = "cpu",
     dtype: str = "float32",
     progress: bool = False,
+    partial: str | os.PathLike | None = None,
 ) -> StabilityBenchmark:
     """Formation and decomposition energies of the compounds of ``data`` with
     every model, against DFT and experiment (protocol in the module docstring).
@@ -343,6 +357,10 @@ def stability_benchmark(
         fmax, steps: relaxation protocol (eV/Å; FIRE steps).
         device, dtype: for our models.
         progress: tqdm bars.
+        partial: a JSON file where every relaxed structure is saved as it
+            comes; a run interrupted before the end, restarted with the same
+            settings and file, takes the saved structures from it (the command
+            line keeps it in the output folder).
 
     Returns:
         :class:`StabilityBenchmark`.
@@ -376,25 +394,28 @@ def stability_benchmark(
     for column, key in (("hf_r2scan", "ed_r2scan"), ("hf_gga_gga_u", "ed_gga_gga_u")):
         for c, e in zip(compounds, _decomposition_energies(formulas, [r[column] for r in records])):
             c[key] = e
+    from crossfunctional.io import PartialResults
+
+    saved = PartialResults(partial, {
+        "benchmark": "stability", "models": [m if isinstance(m, (str, os.PathLike)) else n for n, m in named.items()],
+        "compounds": [r["material_id"] for r in records], "fmax": fmax, "steps": steps, "dtype": dtype,
+    })
     references: dict[str, dict[str, float]] = {}
     timings = {}
     for name, model in named.items():
         t0 = time.perf_counter()
         log.info("%s: relaxing %d elemental references and %d compounds", name, len(ref_list), len(structures))
-        ref_results = _relax_all([s for _, s in ref_list], model, fmax, steps, device, dtype, progress)
+        ref_results = _relax_all([s for _, s in ref_list], model, fmax, steps, device, dtype, progress, saved, f"{name}:refs")
         mu: dict[str, float] = {}
         for (el, _), res in zip(ref_list, ref_results):
-            e = res.energy / len(res.atoms)
-            mu[el] = min(mu.get(el, math.inf), e)
+            mu[el] = min(mu.get(el, math.inf), res["energy_per_atom"])
         references[name] = mu
-        results = _relax_all(structures, model, fmax, steps, device, dtype, progress)
+        results = _relax_all(structures, model, fmax, steps, device, dtype, progress, saved, f"{name}:compounds")
         hf = []
         for c, res in zip(compounds, results):
             comp = Composition(c["formula"]).fractional_composition
-            formation = res.energy / len(res.atoms) - sum(x * mu[el.symbol] for el, x in comp.items())
-            failed = (not res.converged) or _isolated(res.atoms)
-            c["models"][name] = {"formation_energy": float(formation), "energy_per_atom": res.energy / len(res.atoms),
-                                 "converged": bool(res.converged), "failed": bool(failed), "steps": int(res.steps)}
+            formation = res["energy_per_atom"] - sum(x * mu[el.symbol] for el, x in comp.items())
+            c["models"][name] = {"formation_energy": float(formation), **res}
             hf.append(formation)
         for c, e in zip(compounds, _decomposition_energies(formulas, hf)):
             c["models"][name]["decomposition_energy"] = e
