@@ -108,7 +108,7 @@ def test_calculator_pickles_and_runs_in_a_process_pool(calc):
     fresh = atoms.copy()
     fresh.calc = CrossFunctionalCalculator(model="chgnet-r2scan")
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        energies = pool.map(_energy_in_worker, [fresh, fresh])
+        energies = pool.map_async(_energy_in_worker, [fresh, fresh]).get(timeout=300)  # fails instead of waiting forever
     assert energies == pytest.approx([ref, ref], abs=1e-6)
 
 
