@@ -8,7 +8,7 @@ constant of each ``model`` / ``model+d3bj`` / ``model+d4`` label, and MARE and
 MRE against the zero-point-corrected experimental lattice constants.
 
 Written to ``--output`` (default ``benchmarks/results/dispersion/sol58lc``):
-``density_benchmark.json``, ``density_benchmark.csv``, ``density_parity.png``
+``density_benchmark.json``, ``density_benchmark.csv``, ``density_errors.png``
 (the density benchmark's own writer, all labels in one file) and
 ``summary.json`` (MARE, MRE, converged count per label).
 
