@@ -584,6 +584,8 @@ def density_benchmark(
 
     if isinstance(models, str):
         models = (models,)
+    if not isinstance(models, dict) and len({str(m) for m in models}) != len(list(models)):
+        raise WorkflowError(f"models must be distinct, got {[str(m) for m in models]}")
     given = dict(models) if isinstance(models, dict) else {str(m): str(m) for m in models}
     models = list(given)
     if not models:
