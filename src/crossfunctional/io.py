@@ -270,3 +270,27 @@ class PartialResults:
         """Delete the file (the run finished and wrote its results)."""
         if self.path is not None and self.path.is_file():
             self.path.unlink()
+
+
+def write_result_files(result, output_dir: str | os.PathLike, stem: str, plot_name: str) -> dict[str, Path]:
+    """Write a benchmark result's ``STEM.json`` (``result.to_dict()``),
+    ``STEM.csv`` (``result.to_csv()``) and the plot ``plot_name``
+    (``result.plot(path)``) into ``output_dir`` (created if needed), each
+    atomically; temporaries of a killed earlier write are removed first.
+
+    Returns:
+        ``{"json": path, "csv": path, "png": path}``.
+    """
+    import json
+
+    out = check_writable(output_dir, directory=True)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(out)
+    paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "png": out / plot_name}
+    with atomic_write(paths["json"], encoding="utf-8") as handle:
+        json.dump(result.to_dict(), handle, indent=2)
+        handle.write("\n")
+    with atomic_write(paths["csv"], encoding="utf-8", newline="") as handle:
+        handle.write(result.to_csv())
+    result.plot(paths["png"])
+    return paths

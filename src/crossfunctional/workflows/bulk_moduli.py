@@ -32,7 +32,7 @@ import numpy as np
 from ase import Atoms
 
 from crossfunctional.data import data_path
-from crossfunctional.io import atomic_write, save_figure
+from crossfunctional.io import save_figure
 from crossfunctional.errors import WorkflowError
 from crossfunctional.workflows.eos import eos
 
@@ -313,20 +313,9 @@ class BulkModuliBenchmark:
         Returns:
             ``{"json": path, "csv": path, "png": path}``.
         """
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "json": out / "bulk_moduli_benchmark.json",
-            "csv": out / "bulk_moduli_benchmark.csv",
-            "png": out / "bulk_moduli_parity.png",
-        }
-        with atomic_write(paths["json"], encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=2)
-            handle.write("\n")
-        with atomic_write(paths["csv"], encoding="utf-8", newline="") as handle:
-            handle.write(self.to_csv())
-        self.plot(paths["png"])
-        return paths
+        from crossfunctional.io import write_result_files
+
+        return write_result_files(self, output_dir, "bulk_moduli_benchmark", "bulk_moduli_parity.png")
 
 
 def _select(solids: Iterable[BM32Solid | str] | None) -> list[BM32Solid]:

@@ -37,7 +37,7 @@ import numpy as np
 from ase import Atoms
 
 from crossfunctional.errors import WorkflowError
-from crossfunctional.io import atomic_path, atomic_write
+from crossfunctional.io import atomic_path
 from crossfunctional.workflows.relax import relax
 
 __all__ = [
@@ -495,20 +495,9 @@ class DensityBenchmark:
         Returns:
             ``{"json": path, "csv": path, "png": path}``.
         """
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "json": out / "density_benchmark.json",
-            "csv": out / "density_benchmark.csv",
-            "png": out / "density_errors.png",
-        }
-        with atomic_write(paths["json"], encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=2)
-            handle.write("\n")
-        with atomic_write(paths["csv"], encoding="utf-8", newline="") as handle:
-            handle.write(self.to_csv())
-        self.plot(paths["png"])
-        return paths
+        from crossfunctional.io import write_result_files
+
+        return write_result_files(self, output_dir, "density_benchmark", "density_errors.png")
 
 
 def _select_solids(solids: Iterable[Solid | str] | None) -> list[Solid]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -41,7 +40,7 @@ import numpy as np
 from ase import Atoms
 
 from crossfunctional.data import data_path
-from crossfunctional.io import atomic_write, save_figure
+from crossfunctional.io import save_figure
 from crossfunctional.workflows.eos import relax_crystal
 
 __all__ = ["PROTOTYPES", "LayeredBenchmark", "LayeredSolid", "build_layered_solid", "layered_benchmark", "load_layered_solids"]
@@ -281,16 +280,9 @@ class LayeredBenchmark:
     def write(self, output_dir: str | os.PathLike) -> dict[str, Path]:
         """Write ``layered_benchmark.json``, ``layered_benchmark.csv`` and
         ``layered_errors.png`` into ``output_dir``, each atomically."""
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out / "layered_benchmark.json", "csv": out / "layered_benchmark.csv", "png": out / "layered_errors.png"}
-        with atomic_write(paths["json"], encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=2)
-            handle.write("\n")
-        with atomic_write(paths["csv"], encoding="utf-8", newline="") as handle:
-            handle.write(self.to_csv())
-        self.plot(paths["png"])
-        return paths
+        from crossfunctional.io import write_result_files
+
+        return write_result_files(self, output_dir, "layered_benchmark", "layered_errors.png")
 
 
 def _rel(x: float, ref: float) -> float:
