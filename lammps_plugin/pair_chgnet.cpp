@@ -48,8 +48,10 @@
 #include "utils.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 using namespace LAMMPS_NS;
 
@@ -87,8 +89,27 @@ static void add_edge_forces(double **f, const std::vector<int> &edge_i, const st
 
 static const char *mode_name(int mode)
 {
-  static const char *names[] = {"auto", "serial", "exchange", "shell"};
+  static const char *names[] = {"auto", "serial", "exchange", "shell", "gather"};
   return names[mode];
+}
+
+// the integer image shift s with d = s0 a + s1 b + s2 c, for the box rows
+// a = (xprd, 0, 0), b = (xy, yprd, 0), c = (xz, yz, zprd) (domain->h =
+// xprd, yprd, zprd, yz, xz, xy); false if d is no lattice vector within tol
+static bool image_shift(const double *h, double d0, double d1, double d2, double tol, int64_t s[3])
+{
+  s[2] = std::llround(d2 / h[2]);
+  s[1] = std::llround((d1 - s[2] * h[3]) / h[1]);
+  s[0] = std::llround((d0 - s[1] * h[5] - s[2] * h[4]) / h[0]);
+  const double r0 = d0 - (s[0] * h[0] + s[1] * h[5] + s[2] * h[4]);
+  const double r1 = d1 - (s[1] * h[1] + s[2] * h[3]);
+  const double r2 = d2 - s[2] * h[2];
+  return std::fabs(r0) <= tol && std::fabs(r1) <= tol && std::fabs(r2) <= tol;
+}
+
+static bool positive_shift(const int64_t s[3])
+{
+  return s[0] > 0 || (s[0] == 0 && (s[1] > 0 || (s[1] == 0 && s[2] > 0)));
 }
 
 namespace {
@@ -165,7 +186,7 @@ void PairCHGNet::check_environment(const char *where)
 
 /* ----------------------------------------------------------------------
    pair_style chgnet model.pt [threads N] [device cpu|cuda[:k]]
-                              [parallel auto|serial|exchange|shell]
+                              [parallel auto|serial|gather|exchange|shell]
 ------------------------------------------------------------------------- */
 
 namespace {
@@ -194,7 +215,7 @@ void PairCHGNet::settings(int narg, char **arg)
   if (narg < 1)
     error->all(FLERR,
                "Illegal pair_style chgnet command: expected 'pair_style chgnet <model.pt> "
-               "[threads N] [device cpu|cuda] [parallel auto|serial|exchange|shell] "
+               "[threads N] [device cpu|cuda] [parallel auto|serial|gather|exchange|shell] "
                "[check_masses yes|warn|no]'");
   std::string file = arg[0];
   std::string device = "cpu";
@@ -215,12 +236,12 @@ void PairCHGNet::settings(int narg, char **arg)
     } else if (key == "parallel") {
       const std::string value = arg[iarg + 1];
       parallel = -1;
-      for (int m = AUTO; m <= SHELL; m++)
+      for (int m = AUTO; m < NMODES; m++)
         if (value == mode_name(m)) parallel = m;
       if (parallel < 0)
         error->all(FLERR,
                    "Illegal pair_style chgnet command: parallel '{}' unknown (known: auto, "
-                   "serial, exchange, shell)",
+                   "serial, gather, exchange, shell)",
                    value);
     } else if (key == "check_masses") {
       const std::string value = arg[iarg + 1];
@@ -384,15 +405,19 @@ void PairCHGNet::init_style()
   check_masses();
 
   mode = parallel_keyword;
-  if (mode == AUTO) mode = comm->nprocs > 1 ? EXCHANGE : SERIAL;
-  if (mode == SERIAL) {
-    if (comm->nprocs > 1)
-      error->all(FLERR,
-                 "pair_style chgnet: 'parallel serial' folds ghost atoms onto local atoms and "
-                 "runs on a single MPI rank only, this run has {} ranks; use 'parallel "
-                 "exchange' (the default on more than one rank)",
-                 comm->nprocs);
+  if (mode == AUTO) mode = comm->nprocs > 1 ? choose_mode() : SERIAL;
+  if (mode == SERIAL && comm->nprocs > 1)
+    error->all(FLERR,
+               "pair_style chgnet: 'parallel serial' folds ghost atoms onto local atoms and "
+               "runs on a single MPI rank only, this run has {} ranks; use 'parallel auto' "
+               "(the default), 'gather' or 'exchange'",
+               comm->nprocs);
+  if (mode == SERIAL || mode == GATHER) {
+    // the model cutoff + skin is the ghost cutoff (from init_one), as serial
+    if (mode == GATHER && parallel_keyword == GATHER && comm->me == 0)
+      utils::logmesg(lmp, "pair_style chgnet: parallel gather on {} MPI rank(s)\n", comm->nprocs);
     neighbor->add_request(this, NeighConst::REQ_FULL);
+    report_graph = mode == GATHER;
     return;
   }
 
@@ -440,6 +465,74 @@ void PairCHGNet::init_style()
                    mode_name(mode), comm->nprocs, comm->cutghostuser);
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
   report_graph = true;
+}
+
+/* ----------------------------------------------------------------------
+   parallel auto on many ranks: gather or exchange. Exchange makes every rank
+   compute its subdomain plus a halo of ghost atoms out to the exchange
+   ghost cutoff (12 A + skin) in every direction, periodic images included;
+   gather evaluates the whole system once on rank 0. The halo is estimated
+   from the subdomain's shape (its volume grown by the ghost cutoff over its
+   own), the atom count per rank from the total. Exchange is chosen when
+   the subdomains hold at least AUTO_MIN_ATOMS atoms each and the halo at
+   most AUTO_MAX_HALO times the subdomain (values from timings of both
+   modes on 2 ranks, README.md), else gather.
+------------------------------------------------------------------------- */
+
+namespace {
+constexpr double AUTO_MIN_ATOMS = 1000.0;
+constexpr double AUTO_MAX_HALO = 8.0;
+}    // namespace
+
+int PairCHGNet::choose_mode()
+{
+  const int nprocs = comm->nprocs;
+  const double per_rank = static_cast<double>(atom->natoms) / nprocs;
+  if (model->num_segments() < 2) {
+    if (comm->me == 0)
+      utils::logmesg(lmp,
+                     "pair_style chgnet: parallel auto: gather on {} MPI ranks (model {} has no "
+                     "segment methods for the exchange)\n",
+                     nprocs, model_name);
+    return GATHER;
+  }
+  const double reach =
+      std::max(cutoff, model->num_segments() * model->bond_cutoff()) + neighbor->skin;
+  double halo = 1.0;
+  for (int d = 0; d < 3; d++) {
+    // thickness of the subdomain and of the box across lattice planes d
+    double box, sub;
+    if (domain->triclinic) {
+      const double *hi = domain->h_inv;
+      const double row[3][3] = {{hi[0], hi[5], hi[4]}, {0.0, hi[1], hi[3]}, {0.0, 0.0, hi[2]}};
+      box = 1.0 / std::sqrt(row[d][0] * row[d][0] + row[d][1] * row[d][1] + row[d][2] * row[d][2]);
+      sub = (domain->subhi_lamda[d] - domain->sublo_lamda[d]) * box;
+    } else {
+      box = domain->prd[d];
+      sub = domain->subhi[d] - domain->sublo[d];
+    }
+    double grown = sub + 2.0 * reach;
+    if (!domain->periodicity[d]) grown = std::min(grown, box);
+    halo *= grown / std::max(sub, 1.0e-3);
+  }
+  double most = halo;
+  MPI_Allreduce(&halo, &most, 1, MPI_DOUBLE, MPI_MAX, world);
+  const bool exchange = per_rank >= AUTO_MIN_ATOMS && most <= AUTO_MAX_HALO;
+  if (comm->me == 0) {
+    std::string reason;
+    if (exchange)
+      reason = fmt::format("{:.0f} atoms per rank >= {:.0f} and a halo of {:.1f}x the subdomain "
+                           "<= {:.0f}x",
+                           per_rank, AUTO_MIN_ATOMS, most, AUTO_MAX_HALO);
+    else if (per_rank < AUTO_MIN_ATOMS)
+      reason = fmt::format("{:.0f} atoms per rank < {:.0f}", per_rank, AUTO_MIN_ATOMS);
+    else
+      reason = fmt::format("the exchange halo would be {:.1f}x the subdomain > {:.0f}x", most,
+                           AUTO_MAX_HALO);
+    utils::logmesg(lmp, "pair_style chgnet: parallel auto: {} on {} MPI ranks, {} atoms ({})\n",
+                   exchange ? "exchange" : "gather", nprocs, atom->natoms, reason);
+  }
+  return exchange ? EXCHANGE : GATHER;
 }
 
 /* ----------------------------------------------------------------------
@@ -532,28 +625,20 @@ void PairCHGNet::build_graph()
                    "local atoms (serial folding of ghost atoms failed)",
                    tj, tag[i]);
       if (b < a) continue;    // this pair is taken from b's side
-      int64_t s0 = 0, s1 = 0, s2 = 0;
+      int64_t s[3] = {0, 0, 0};
       if (j >= nlocal) {
         const int o = node_local[b];
         const double d0 = x[j][0] - x[o][0], d1 = x[j][1] - x[o][1], d2 = x[j][2] - x[o][2];
-        s2 = std::llround(d2 / h[2]);
-        s1 = std::llround((d1 - s2 * h[3]) / h[1]);
-        s0 = std::llround((d0 - s1 * h[5] - s2 * h[4]) / h[0]);
-        const double r0 = d0 - (s0 * h[0] + s1 * h[5] + s2 * h[4]);
-        const double r1 = d1 - (s1 * h[1] + s2 * h[3]);
-        const double r2 = d2 - s2 * h[2];
-        if (std::fabs(r0) > tol || std::fabs(r1) > tol || std::fabs(r2) > tol)
+        if (!image_shift(h, d0, d1, d2, tol, s))
           error->one(FLERR,
                      "pair_style chgnet: ghost of atom ID {} is not a periodic image of it "
                      "(offset {} {} {} Angstrom)",
                      tj, d0, d1, d2);
       }
-      if (b == a) {
-        // a periodic image of the atom itself: keep the shift that is
-        // lexicographically positive, its reverse is the negative one
-        const bool positive = s0 > 0 || (s0 == 0 && (s1 > 0 || (s1 == 0 && s2 > 0)));
-        if (!positive) continue;
-      }
+      // a periodic image of the atom itself: keep the shift that is
+      // lexicographically positive, its reverse is the negative one
+      if (b == a && !positive_shift(s)) continue;
+      const int64_t s0 = s[0], s1 = s[1], s2 = s[2];
       if (rsq < minsq)
         error->one(FLERR,
                    "pair_style chgnet: atoms ID {} and {} are {:.4f} Angstrom apart, closer than "
@@ -596,6 +681,10 @@ void PairCHGNet::compute(int eflag, int vflag)
   const int nlocal = atom->nlocal;
   for (int i = 0; i < nlocal; i++) magmom[i] = 0.0;
 
+  if (mode == GATHER) {
+    compute_gathered();
+    return;
+  }
   if (mode != SERIAL) {
     compute_unfolded();
     return;
@@ -854,6 +943,226 @@ void PairCHGNet::compute_unfolded()
       virial[4] -= rk[0] * gk[2];
       virial[5] -= rk[1] * gk[2];
     }
+}
+
+/* ----------------------------------------------------------------------
+   gather: the serial graph of the whole system on rank 0 (see top of file)
+------------------------------------------------------------------------- */
+
+namespace {
+constexpr int ATOM_ROW = 5;    // gathered per atom: atom ID, Z, x, y, z
+constexpr int PAIR_ROW = 5;    // gathered per pair: atom IDs i, j, x_j - x_i
+
+// waits for a nonblocking collective without spinning, so that the ranks
+// waiting for rank 0's evaluation leave their cores to it and to other jobs
+void wait_sleeping(MPI_Request &request)
+{
+  int done = 0;
+  MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+  while (!done) {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+  }
+}
+}    // namespace
+
+void PairCHGNet::compute_gathered()
+{
+  double **x = atom->x;
+  int *type = atom->type;
+  tagint *tag = atom->tag;
+  const int nlocal = atom->nlocal;
+  const int me = comm->me, nprocs = comm->nprocs;
+  const double *h = domain->h;
+  const double cutsq_model = cutoff * cutoff;
+  const double minsq = MIN_DISTANCE * MIN_DISTANCE;
+  const double tol = 1.0e-6 * (1.0 + std::fabs(h[0]) + std::fabs(h[1]) + std::fabs(h[2]));
+
+  // this rank's share: its atoms of a chgnet type, and the pairs within the
+  // model cutoff that start at them, each once: from the lower atom ID, or
+  // for an atom's own periodic images with the positive shift. The vector
+  // x_j - x_i is the serial one (j: the neighbour, local or ghost).
+  std::vector<double> atoms_out, pairs_out;
+  node_local.clear();
+  const int inum = list->inum;
+  int *ilist = list->ilist;
+  int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    if (i >= nlocal || type_z[type[i]] == 0) continue;
+    node_local.push_back(i);
+    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+    atoms_out.insert(atoms_out.end(), {(double) tag[i], (double) type_z[type[i]], xi, yi, zi});
+    const int *jlist = firstneigh[i];
+    const int jnum = numneigh[i];
+    for (int jj = 0; jj < jnum; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (type_z[type[j]] == 0) continue;
+      const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
+      const double rsq = dx * dx + dy * dy + dz * dz;
+      if (rsq >= cutsq_model || tag[j] < tag[i]) continue;
+      if (tag[j] == tag[i]) {
+        int64_t s[3];
+        if (!image_shift(h, dx, dy, dz, tol, s))
+          error->one(FLERR,
+                     "pair_style chgnet: ghost of atom ID {} is not a periodic image of it "
+                     "(offset {} {} {} Angstrom)",
+                     tag[i], dx, dy, dz);
+        if (!positive_shift(s)) continue;
+      }
+      if (rsq < minsq)
+        error->one(FLERR,
+                   "pair_style chgnet: atoms ID {} and {} are {:.4f} Angstrom apart, closer than "
+                   "{} Angstrom",
+                   tag[i], tag[j], std::sqrt(rsq), MIN_DISTANCE);
+      pairs_out.insert(pairs_out.end(), {(double) tag[i], (double) tag[j], dx, dy, dz});
+    }
+  }
+
+  // to rank 0 (atom IDs travel as doubles: exact below 2^53)
+  const int nmine = static_cast<int>(node_local.size());
+  const int mine[2] = {nmine * ATOM_ROW, static_cast<int>(pairs_out.size())};
+  std::vector<int> sizes(2 * nprocs), atom_count(nprocs), atom_displ(nprocs), pair_count(nprocs),
+      pair_displ(nprocs);
+  MPI_Gather(mine, 2, MPI_INT, sizes.data(), 2, MPI_INT, 0, world);
+  size_t natoms_all = 0, npairs_all = 0;
+  if (me == 0)
+    for (int r = 0; r < nprocs; r++) {
+      atom_count[r] = sizes[2 * r];
+      pair_count[r] = sizes[2 * r + 1];
+      atom_displ[r] = static_cast<int>(natoms_all);
+      pair_displ[r] = static_cast<int>(npairs_all);
+      natoms_all += atom_count[r];
+      npairs_all += pair_count[r];
+    }
+  std::vector<double> atoms_in(me == 0 ? natoms_all : 0), pairs_in(me == 0 ? npairs_all : 0);
+  MPI_Gatherv(atoms_out.data(), mine[0], MPI_DOUBLE, atoms_in.data(), atom_count.data(),
+              atom_displ.data(), MPI_DOUBLE, 0, world);
+  MPI_Gatherv(pairs_out.data(), mine[1], MPI_DOUBLE, pairs_in.data(), pair_count.data(),
+              pair_displ.data(), MPI_DOUBLE, 0, world);
+
+  // per atom back from rank 0: force (3), site energy, magmom[, virial (6)]
+  const int width = vflag_atom ? 11 : 5;
+  std::vector<double> rows;
+  if (me == 0) {
+    const size_t nnodes = natoms_all / ATOM_ROW;
+    const size_t npairs = npairs_all / PAIR_ROW;
+    tagint maxtag = 0;
+    for (size_t a = 0; a < nnodes; a++) maxtag = std::max(maxtag, (tagint) atoms_in[a * ATOM_ROW]);
+    tag_node.assign(static_cast<size_t>(maxtag) + 1, -1);
+    graph->atomic_numbers.resize(nnodes);
+    for (size_t a = 0; a < nnodes; a++) {
+      tag_node[(tagint) atoms_in[a * ATOM_ROW]] = static_cast<int>(a);
+      graph->atomic_numbers[a] = static_cast<int64_t>(atoms_in[a * ATOM_ROW + 1]);
+    }
+    // both directions of every pair, as build_graph; edge_i/j: graph nodes
+    std::vector<int64_t> src, dst;
+    auto &shifts = graph->edge_shifts;
+    auto &vectors = graph->edge_vectors;
+    shifts.clear();
+    vectors.clear();
+    edge_i.clear();
+    edge_j.clear();
+    for (size_t p = 0; p < npairs; p++) {
+      const double *q = &pairs_in[p * PAIR_ROW];
+      const tagint ti = (tagint) q[0], tj = (tagint) q[1];
+      const int a = tag_node[ti];
+      const int b = tj <= maxtag ? tag_node[tj] : -1;
+      if (b < 0)
+        error->one(FLERR,
+                   "pair_style chgnet: neighbour atom ID {} of atom ID {} is not among the "
+                   "gathered atoms",
+                   tj, ti);
+      const double *xa = &atoms_in[a * ATOM_ROW + 2], *xb = &atoms_in[b * ATOM_ROW + 2];
+      const double dx = q[2], dy = q[3], dz = q[4];
+      int64_t s[3] = {0, 0, 0};
+      if (!image_shift(h, xa[0] + dx - xb[0], xa[1] + dy - xb[1], xa[2] + dz - xb[2], tol, s))
+        error->one(FLERR,
+                   "pair_style chgnet: neighbour of atom ID {} is not a periodic image of atom "
+                   "ID {}",
+                   ti, tj);
+      src.insert(src.end(), {a, b});
+      dst.insert(dst.end(), {b, a});
+      shifts.insert(shifts.end(), {s[0], s[1], s[2], -s[0], -s[1], -s[2]});
+      vectors.insert(vectors.end(), {dx, dy, dz, -dx, -dy, -dz});
+      edge_i.insert(edge_i.end(), {a, b});
+      edge_j.insert(edge_j.end(), {b, a});
+    }
+    auto &edge_index = graph->edge_index;
+    edge_index.resize(src.size() + dst.size());
+    std::copy(src.begin(), src.end(), edge_index.begin());
+    std::copy(dst.begin(), dst.end(), edge_index.begin() + src.size());
+
+    rows.assign(nnodes * width, 0.0);
+    if (nnodes > 0) {
+      try {
+        model->evaluate(*graph, *result);
+      } catch (const std::exception &e) {
+        error->one(FLERR, "pair_style chgnet: model evaluation failed: {}", e.what());
+      }
+      const std::vector<double> &g = result->grad;
+      const std::vector<double> &r = graph->edge_vectors;
+      for (size_t k = 0; k < edge_i.size(); k++) {
+        const double *gk = &g[3 * k];
+        double *fi = &rows[edge_i[k] * width];
+        double *fj = &rows[edge_j[k] * width];
+        for (int d = 0; d < 3; d++) {
+          fi[d] += gk[d];
+          fj[d] -= gk[d];
+        }
+        if (vflag_either) {
+          // W = -sum_k r_k (x) g_k, as serial; only rank 0 adds to the global virial
+          const double *rk = &r[3 * k];
+          const double w[6] = {-rk[0] * gk[0], -rk[1] * gk[1], -rk[2] * gk[2],
+                               -rk[0] * gk[1], -rk[0] * gk[2], -rk[1] * gk[2]};
+          if (vflag_global)
+            for (int m = 0; m < 6; m++) virial[m] += w[m];
+          if (vflag_atom)
+            for (int m = 0; m < 6; m++) {
+              fi[5 + m] += 0.5 * w[m];
+              fj[5 + m] += 0.5 * w[m];
+            }
+        }
+      }
+      for (size_t a = 0; a < nnodes; a++) {
+        rows[a * width + 3] = result->site_energies[a];
+        rows[a * width + 4] = result->magmoms[a];
+      }
+    }
+    if (report_graph)
+      utils::logmesg(lmp,
+                     "pair_style chgnet: parallel gather: graph of {} atoms and {} directed edges "
+                     "on rank 0 of {}\n",
+                     nnodes, edge_i.size(), nprocs);
+    for (int r = 0; r < nprocs; r++) {
+      atom_count[r] = atom_count[r] / ATOM_ROW * width;
+      atom_displ[r] = atom_displ[r] / ATOM_ROW * width;
+    }
+  }
+  report_graph = false;
+
+  // back to the owners; rank 0 evaluates while the others wait
+  std::vector<double> back(static_cast<size_t>(nmine) * width);
+  MPI_Request request;
+  MPI_Iscatterv(rows.data(), atom_count.data(), atom_displ.data(), MPI_DOUBLE, back.data(),
+                nmine * width, MPI_DOUBLE, 0, world, &request);
+  if (me == 0)
+    MPI_Wait(&request, MPI_STATUS_IGNORE);
+  else
+    wait_sleeping(request);
+
+  double **f = atom->f;
+  for (int k = 0; k < nmine; k++) {
+    const int i = node_local[k];
+    const double *row = &back[static_cast<size_t>(k) * width];
+    for (int d = 0; d < 3; d++) f[i][d] += row[d];
+    if (eflag_global) eng_vdwl += row[3];
+    if (eflag_atom) eatom[i] += row[3];
+    magmom[i] = row[4];
+    if (vflag_atom)
+      for (int m = 0; m < 6; m++) vatom[i][m] += row[5 + m];
+  }
 }
 
 /* ----------------------------------------------------------------------

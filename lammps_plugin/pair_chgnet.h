@@ -2,7 +2,7 @@
    LAMMPS pair style, loaded as a plugin.
 
      pair_style chgnet model.pt [threads N] [device cpu|cuda[:k]]
-                                [parallel auto|serial|exchange|shell]
+                                [parallel auto|serial|gather|exchange|shell]
      pair_coeff * * Si O NULL ...
 
    serial (default on one MPI rank): ghost atoms are folded onto their
@@ -16,6 +16,17 @@
    of the first n_conv - 1 atom convolutions (forward comm), their adjoints
    returned in the backward pass (reverse comm). Ghost cutoff n_conv x 3 A
    (short-bond halo) + skin.
+
+   gather (many ranks, small systems): the ranks send their local atoms
+   (ID, element, position) and the pairs within the model cutoff that start
+   at them to rank 0, which builds the serial graph of the whole system
+   (periodic images as integer shifts), evaluates it once and sends forces,
+   site energies, magmoms and per-atom virials back to the owners. The
+   other ranks wait (sleeping) meanwhile. Ghost cutoff: the model cutoff +
+   skin, as serial.
+
+   auto: serial on one rank; on more, gather or exchange from the atom
+   count per rank and the size of the exchange halo (choose_mode).
 
    shell: the unfolded graph with no feature exchange, every layer on every
    local and ghost atom; ghost cutoff n_conv x 6 A (the receptive field) +
@@ -65,10 +76,12 @@ class PairCHGNet : public Pair {
   void build_graph();
   void build_unfolded_graph();
   void compute_unfolded();
+  void compute_gathered();
+  int choose_mode();
   double ghost_cutoff_needed() const;
   void check_masses();
 
-  enum { AUTO, SERIAL, EXCHANGE, SHELL };
+  enum { AUTO, SERIAL, EXCHANGE, SHELL, GATHER, NMODES };
   int parallel_keyword;    // what pair_style asked for
   enum { MASS_ERROR, MASS_WARN, MASS_IGNORE };
   int mass_check;          // check_masses yes|warn|no
