@@ -130,7 +130,7 @@ class CommExchange : public crossfunctional::FeatureExchange {
 PairCHGNet::PairCHGNet(LAMMPS *lmp) :
     Pair(lmp), graph(new crossfunctional::GraphInput), result(new crossfunctional::GraphOutput),
     cutoff(0.0), nthreads(0), parallel_keyword(AUTO), mass_check(MASS_ERROR), mode(SERIAL), cutghost_set(0.0), report_graph(false),
-    comm_rows(nullptr), comm_width(0), magmom(nullptr), nmax_magmom(0)
+    comm_rows(nullptr), comm_width(0), comm_float(false), magmom(nullptr), nmax_magmom(0)
 {
   if (lmp->citeme) lmp->citeme->add(cite_chgnet);
   single_enable = 0;
@@ -282,6 +282,8 @@ void PairCHGNet::settings(int narg, char **arg)
   cutoff = model->cutoff();
   // one row of atom features per atom in the exchange
   comm_forward = comm_reverse = static_cast<int>(model->feature_width());
+  // a float32 model's features travel as float32 in the forward exchange
+  comm_float = model->dtype_name() == "float32";
   if (!(cutoff > 0.0))
     error->all(FLERR, "pair_style chgnet: model '{}' has a non-positive cutoff {}", file, cutoff);
 
@@ -414,8 +416,11 @@ void PairCHGNet::init_style()
                comm->nprocs);
   if (mode == SERIAL || mode == GATHER) {
     // the model cutoff + skin is the ghost cutoff (from init_one), as serial
-    if (mode == GATHER && parallel_keyword == GATHER && comm->me == 0)
-      utils::logmesg(lmp, "pair_style chgnet: parallel gather on {} MPI rank(s)\n", comm->nprocs);
+    if (mode == GATHER && comm->me == 0)
+      utils::logmesg(lmp,
+                     "pair_style chgnet: parallel gather on {} MPI rank(s): rank 0 evaluates the "
+                     "whole system on its {} torch thread(s), the other ranks wait\n",
+                     comm->nprocs, nthreads);
     neighbor->add_request(this, NeighConst::REQ_FULL);
     report_graph = mode == GATHER;
     return;
@@ -518,20 +523,13 @@ int PairCHGNet::choose_mode()
   double most = halo;
   MPI_Allreduce(&halo, &most, 1, MPI_DOUBLE, MPI_MAX, world);
   const bool exchange = per_rank >= AUTO_MIN_ATOMS && most <= AUTO_MAX_HALO;
-  if (comm->me == 0) {
-    std::string reason;
-    if (exchange)
-      reason = fmt::format("{:.0f} atoms per rank >= {:.0f} and a halo of {:.1f}x the subdomain "
-                           "<= {:.0f}x",
-                           per_rank, AUTO_MIN_ATOMS, most, AUTO_MAX_HALO);
-    else if (per_rank < AUTO_MIN_ATOMS)
-      reason = fmt::format("{:.0f} atoms per rank < {:.0f}", per_rank, AUTO_MIN_ATOMS);
-    else
-      reason = fmt::format("the exchange halo would be {:.1f}x the subdomain > {:.0f}x", most,
-                           AUTO_MAX_HALO);
-    utils::logmesg(lmp, "pair_style chgnet: parallel auto: {} on {} MPI ranks, {} atoms ({})\n",
-                   exchange ? "exchange" : "gather", nprocs, atom->natoms, reason);
-  }
+  if (comm->me == 0)
+    utils::logmesg(lmp,
+                   "pair_style chgnet: parallel auto: {} on {} MPI ranks: {} atoms, {:.0f} per rank, "
+                   "exchange halo {:.1f}x the subdomain (exchange needs >= {:.0f} atoms per rank "
+                   "and a halo <= {:.0f}x)\n",
+                   exchange ? "exchange" : "gather", nprocs, atom->natoms, per_rank, most,
+                   AUTO_MIN_ATOMS, AUTO_MAX_HALO);
   return exchange ? EXCHANGE : GATHER;
 }
 
@@ -954,13 +952,14 @@ constexpr int ATOM_ROW = 5;    // gathered per atom: atom ID, Z, x, y, z
 constexpr int PAIR_ROW = 5;    // gathered per pair: atom IDs i, j, x_j - x_i
 
 // waits for a nonblocking collective without spinning, so that the ranks
-// waiting for rank 0's evaluation leave their cores to it and to other jobs
+// waiting for rank 0's evaluation leave their cores to it and to other jobs:
+// sleeps of 50 us doubling up to 1 ms (at most 1 ms late, few wake-ups)
 void wait_sleeping(MPI_Request &request)
 {
   int done = 0;
   MPI_Test(&request, &done, MPI_STATUS_IGNORE);
-  while (!done) {
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  for (int us = 50; !done; us = std::min(2 * us, 1000)) {
+    std::this_thread::sleep_for(std::chrono::microseconds(us));
     MPI_Test(&request, &done, MPI_STATUS_IGNORE);
   }
 }
@@ -1202,42 +1201,75 @@ void PairCHGNet::exchange_rows(std::vector<double> &rows, int width, bool forwar
   }
 }
 
-int PairCHGNet::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)
+// rows of LAMMPS' buffers, as doubles or, for the forward exchange of a
+// float32 model, as float32, two per double: its atom features are float32
+// values, copied exactly either way. The reverse exchange stays in double:
+// ghost rows relayed over several ranks carry partial sums of adjoints,
+// which float32 would round (2.6e-5 eV/A in the forces of float32 Si 512 on
+// 2 ranks). Returns the doubles used.
+static int put_rows(const double *rows, int width, int n, const int *list, int first, bool as_float,
+                    double *buf)
 {
+  if (!as_float) {
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+      const double *row = rows + static_cast<size_t>(list ? list[i] : first + i) * width;
+      for (int k = 0; k < width; k++) buf[m++] = row[k];
+    }
+    return m;
+  }
+  char *out = reinterpret_cast<char *>(buf);
+  for (int i = 0; i < n; i++) {
+    const double *row = rows + static_cast<size_t>(list ? list[i] : first + i) * width;
+    for (int k = 0; k < width; k++, out += sizeof(float)) {
+      const float v = static_cast<float>(row[k]);
+      std::memcpy(out, &v, sizeof(float));
+    }
+  }
+  return (n * width + 1) / 2;
+}
+
+// the inverse of put_rows: row := buffer, or row += buffer
+static void get_rows(double *rows, int width, int n, const int *list, int first, bool as_float,
+                     const double *buf, bool add)
+{
+  const char *in = reinterpret_cast<const char *>(buf);
   int m = 0;
   for (int i = 0; i < n; i++) {
-    const double *row = comm_rows + static_cast<size_t>(list[i]) * comm_width;
-    for (int k = 0; k < comm_width; k++) buf[m++] = row[k];
+    double *row = rows + static_cast<size_t>(list ? list[i] : first + i) * width;
+    for (int k = 0; k < width; k++) {
+      double v;
+      if (as_float) {
+        float f;
+        std::memcpy(&f, in, sizeof(float));
+        in += sizeof(float);
+        v = f;
+      } else {
+        v = buf[m++];
+      }
+      row[k] = add ? row[k] + v : v;
+    }
   }
-  return m;
+}
+
+int PairCHGNet::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)
+{
+  return put_rows(comm_rows, comm_width, n, list, 0, comm_float, buf);
 }
 
 void PairCHGNet::unpack_forward_comm(int n, int first, double *buf)
 {
-  int m = 0;
-  for (int i = first; i < first + n; i++) {
-    double *row = comm_rows + static_cast<size_t>(i) * comm_width;
-    for (int k = 0; k < comm_width; k++) row[k] = buf[m++];
-  }
+  get_rows(comm_rows, comm_width, n, nullptr, first, comm_float, buf, false);
 }
 
 int PairCHGNet::pack_reverse_comm(int n, int first, double *buf)
 {
-  int m = 0;
-  for (int i = first; i < first + n; i++) {
-    const double *row = comm_rows + static_cast<size_t>(i) * comm_width;
-    for (int k = 0; k < comm_width; k++) buf[m++] = row[k];
-  }
-  return m;
+  return put_rows(comm_rows, comm_width, n, nullptr, first, false, buf);
 }
 
 void PairCHGNet::unpack_reverse_comm(int n, int *list, double *buf)
 {
-  int m = 0;
-  for (int i = 0; i < n; i++) {
-    double *row = comm_rows + static_cast<size_t>(list[i]) * comm_width;
-    for (int k = 0; k < comm_width; k++) row[k] += buf[m++];
-  }
+  get_rows(comm_rows, comm_width, n, list, 0, false, buf, true);
 }
 
 /* ----------------------------------------------------------------------

@@ -90,6 +90,7 @@ class PairCHGNet : public Pair {
   bool report_graph;       // log the graph sizes at the next compute
   double *comm_rows;       // rows being exchanged (one per local + ghost atom)
   int comm_width;
+  bool comm_float;         // forward exchange in float32 (float32 model)
   std::vector<double> energy_weight;    // 1 for local atoms of a chgnet type, else 0
   std::vector<int> hop;    // exchange: short-bond hops from the nearest local atom
   std::vector<int> node_atom;    // unfolded graph node -> local or ghost atom index
