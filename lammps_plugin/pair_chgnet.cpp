@@ -129,7 +129,7 @@ class CommExchange : public crossfunctional::FeatureExchange {
 
 PairCHGNet::PairCHGNet(LAMMPS *lmp) :
     Pair(lmp), graph(new crossfunctional::GraphInput), result(new crossfunctional::GraphOutput),
-    cutoff(0.0), nthreads(0), parallel_keyword(AUTO), mass_check(MASS_ERROR), mode(SERIAL), cutghost_set(0.0), report_graph(false),
+    cutoff(0.0), nthreads(0), parallel_keyword(AUTO), mass_check(MASS_ERROR), mode(SERIAL), cutghost_set(0.0), gather_wait(0.0), report_graph(false),
     comm_rows(nullptr), comm_width(0), comm_float(false), magmom(nullptr), nmax_magmom(0)
 {
   if (lmp->citeme) lmp->citeme->add(cite_chgnet);
@@ -951,17 +951,28 @@ namespace {
 constexpr int ATOM_ROW = 5;    // gathered per atom: atom ID, Z, x, y, z
 constexpr int PAIR_ROW = 5;    // gathered per pair: atom IDs i, j, x_j - x_i
 
-// waits for a nonblocking collective without spinning, so that the ranks
-// waiting for rank 0's evaluation leave their cores to it and to other jobs:
-// sleeps of 50 us doubling up to 1 ms (at most 1 ms late, few wake-ups)
-void wait_sleeping(MPI_Request &request)
+// waits for a nonblocking collective, here rank 0's evaluation, mostly
+// asleep, so that the waiting ranks leave their cores to rank 0 and to other
+// jobs: sleeps (of at most 1 ms) until shortly before the previous wait's
+// length, polls without sleeping from then until 2 ms after it, so that the
+// rank is awake when the results arrive, then sleeps 100 us between polls.
+// Returns the seconds waited.
+double wait_sleeping(MPI_Request &request, double previous)
 {
+  using clock = std::chrono::steady_clock;
+  const auto start = clock::now();
+  const double awake_from = previous - std::min(0.1 * previous, 2.0e-3);
   int done = 0;
   MPI_Test(&request, &done, MPI_STATUS_IGNORE);
-  for (int us = 50; !done; us = std::min(2 * us, 1000)) {
-    std::this_thread::sleep_for(std::chrono::microseconds(us));
+  while (!done) {
+    const double waited = std::chrono::duration<double>(clock::now() - start).count();
+    if (waited < awake_from)
+      std::this_thread::sleep_for(std::chrono::duration<double>(std::min(awake_from - waited, 1.0e-3)));
+    else if (waited > previous + 2.0e-3)
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
     MPI_Test(&request, &done, MPI_STATUS_IGNORE);
   }
+  return std::chrono::duration<double>(clock::now() - start).count();
 }
 }    // namespace
 
@@ -1149,7 +1160,7 @@ void PairCHGNet::compute_gathered()
   if (me == 0)
     MPI_Wait(&request, MPI_STATUS_IGNORE);
   else
-    wait_sleeping(request);
+    gather_wait = wait_sleeping(request, gather_wait);
 
   double **f = atom->f;
   for (int k = 0; k < nmine; k++) {

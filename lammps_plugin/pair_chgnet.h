@@ -87,6 +87,7 @@ class PairCHGNet : public Pair {
   int mass_check;          // check_masses yes|warn|no
   int mode;                // what this run does (AUTO resolved in init_style)
   double cutghost_set;     // the comm cutoff this style set (0 = none)
+  double gather_wait;      // gather: seconds the last wait for rank 0 took
   bool report_graph;       // log the graph sizes at the next compute
   double *comm_rows;       // rows being exchanged (one per local + ghost atom)
   int comm_width;
