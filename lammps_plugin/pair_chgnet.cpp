@@ -25,6 +25,14 @@
    redundantly in the halo), their own atom convolutions are overwritten at
    the next exchange. See docs/design.md (section 2) and README.md.
 
+   Gathered graph (many ranks, "parallel gather"): every rank sends its
+   local atoms and the pairs within the model cutoff that start at them
+   (each pair once, from the lower atom ID, with the vector x_j - x_i of its
+   neighbour list) to rank 0, which solves each pair's image shift from the
+   gathered positions, builds the serial graph of all atoms (node = gathered
+   atom), evaluates it and scatters per-atom forces, site energies, magmoms
+   and virials back to the owners (compute_gathered).
+
    Forces F_i = sum_j g_ij - sum_j g_ji and virial W = -sum r_ij (x) g_ij
    over this rank's edges, with g = dE/d(edge vectors); LAMMPS sums W over
    ranks and its virial has the sign of W (positive pressure for

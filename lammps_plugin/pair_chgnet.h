@@ -10,7 +10,7 @@
    carries the integer image shift of its neighbour, exactly the model
    contract of docs/design.md.
 
-   exchange (default on more ranks): the graph is unfolded (nodes = local +
+   exchange (many ranks, large systems): the graph is unfolded (nodes = local +
    ghost atoms, shifts zero); the model runs segment by segment and the
    atom features of ghost atoms are refreshed from their owners after each
    of the first n_conv - 1 atom convolutions (forward comm), their adjoints
