@@ -4,6 +4,7 @@ rank layouts, long NVE on several rank counts, and time per step.
     python benchmarks/lammps_mpi.py verify      # single points, all systems x layouts
     python benchmarks/lammps_mpi.py nve         # 200 NVE steps, thermo across rank counts
     python benchmarks/lammps_mpi.py speed       # Si 4096: time per step, 1 and 2 ranks
+    python benchmarks/lammps_mpi.py crossover   # time per step, 1 rank vs 2 ranks gather / exchange
     python benchmarks/lammps_mpi.py report      # tables of the three in results/lammps_mpi/tables.md
 
 Each writes ``benchmarks/results/lammps_mpi/<part>.json``. Every run is an
@@ -34,14 +35,8 @@ from crossfunctional.workflows.lammps_md import write_data
 OUT = Path(__file__).resolve().parent / "results" / "lammps_mpi"
 MODELS = Path("/tmp") / "crossfunctional-lammps-mpi-models"
 
-# (ranks, pair_style options, processors): the rank layouts checked
-LAYOUTS = [
-    (1, "parallel exchange", ""),
-    (2, "", ""),
-    (3, "", ""),
-    (4, "", "4 1 1"),
-    (4, "", "2 2 1"),
-]
+# (ranks, processors): the rank layouts checked, each run with "parallel <mode>"
+LAYOUTS = [(1, ""), (2, ""), (3, ""), (4, "4 1 1"), (4, "2 2 1")]
 
 
 def model(dtype: str) -> Path:
@@ -70,10 +65,21 @@ def systems() -> dict[str, Atoms]:
 
 
 def verify(args) -> dict:
+    """Single points of every system x layout in ``parallel <args.mode>``
+    (plus ``parallel shell`` on Si 64 with the exchange) against serial.
+    ``--quick``: MgO 216 (about 1.5 min per exchange point) on 2 ranks
+    only, and no ``parallel shell`` (3.5 min)."""
     results = []
-    todo = [(name, atoms, "float64", lay) for name, atoms in systems().items() for lay in LAYOUTS]
-    todo.append(("Si 64", systems()["Si 64"], "float64", (2, "parallel shell", "")))
-    todo += [("Si 512", systems()["Si 512"], "float32", lay) for lay in LAYOUTS[1:3]]
+    option = f"parallel {args.mode}"
+    todo = [
+        (name, atoms, "float64", (r, option, p))
+        for name, atoms in systems().items()
+        for r, p in LAYOUTS
+        if not (args.quick and name == "MgO 216" and (r, p) != (2, ""))
+    ]
+    if args.mode == "exchange" and not args.quick:
+        todo.append(("Si 64", systems()["Si 64"], "float64", (2, "parallel shell", "")))
+    todo += [("Si 512", systems()["Si 512"], "float32", (r, option, p)) for r, p in LAYOUTS[1:3]]
     refs = {}
     for name, atoms, dtype, (ranks, options, processors) in todo:
         if args.only and not any(s in name for s in args.only):
@@ -89,24 +95,24 @@ def verify(args) -> dict:
         got = mpi_single_point(atoms, model(dtype), ranks, pair_options=options, processors=processors, timeout=args.timeout)
         wall = time.perf_counter() - t
         dev = deviations(got, refs[key])
-        tol = 1e-6 if dtype == "float64" else 1e-5
+        tol = 1e-12 if dtype == "float64" else 1e-5
         row = {
             "system": name, "atoms": len(atoms), "dtype": dtype, "ranks": ranks,
-            "options": options or "(default: exchange)", "processors": processors or "auto",
+            "options": options, "processors": processors or "auto",
             "wall_s": round(wall, 1), "pass": bool(max(dev.values()) < tol), "tolerance": tol,
             **{k: float(v) for k, v in dev.items()},
         }  # fmt: skip
         results.append(row)
         print(json.dumps(row), flush=True)
-        _write(args, {"rows": results, "all_pass": all(r["pass"] for r in results)})  # as it goes
-    return {"rows": results, "all_pass": all(r["pass"] for r in results)}
+        _write(args, {"mode": args.mode, "quick": args.quick, "rows": results, "all_pass": all(r["pass"] for r in results)})  # as it goes
+    return {"mode": args.mode, "quick": args.quick, "rows": results, "all_pass": all(r["pass"] for r in results)}
 
 
 def nve(args) -> dict:
     atoms = systems()["Si 64"]
     runs = {}
-    for ranks, options, processors in [(0, "", ""), (2, "", ""), (4, "", "2 2 1")]:
-        label = f"{ranks or 1} rank(s) {options or ('serial' if ranks == 0 else 'exchange')} {processors}".strip()
+    for ranks, options, processors in [(0, "", ""), (2, "parallel exchange", ""), (4, "parallel exchange", "2 2 1")]:
+        label = f"{ranks or 1} rank(s) {options.split()[-1] if options else 'serial'} {processors}".strip()
         t = time.perf_counter()
         out = mpi_nve(
             atoms, model("float64"), ranks, args.steps, temperature=1500.0, pair_options=options,
@@ -180,8 +186,8 @@ def speed(args) -> dict:
     configs = [
         ("serial", 0, 1, "", model(args.dtype)),
         ("serial, no recompute", 0, 1, "", no_recompute),
-        ("exchange", 2, 1, "", model(args.dtype)),
-        ("exchange, no recompute", 2, 1, "", no_recompute),
+        ("exchange", 2, 1, "parallel exchange", model(args.dtype)),
+        ("exchange, no recompute", 2, 1, "parallel exchange", no_recompute),
         ("exchange on 1 rank", 1, 1, "parallel exchange", model(args.dtype)),
     ]
     for label, ranks, threads, options, path in configs:
@@ -217,14 +223,95 @@ run {args.steps}
             "serial_graph": serial_graph, "rows": rows}  # fmt: skip
 
 
+CROSSOVER = {  # system: (builder, NVE steps timed per mode: serial / gather, exchange)
+    "Si 64": (lambda: _si(2), (40, 10)),
+    "Si 216": (lambda: _si(3), (20, 5)),
+    "MgO 216": (lambda: _mgo(3), (5, 1)),
+    "Si 512": (lambda: _si(4), (5, 3)),
+    "Si 1728": (lambda: _si(6), (2, 2)),
+    "Si 4096": (lambda: _si(8), (1, 1)),
+    "MgO 1728": (lambda: _mgo(6), (1, 1)),  # not in the default set: --only "MgO 1728" (about 5 min a round)
+}
+CROSSOVER_DEFAULT = [n for n in CROSSOVER if n != "MgO 1728"]
+
+
+def _si(n: int) -> Atoms:
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((n, n, n))
+    atoms.rattle(0.05, seed=7)
+    return atoms
+
+
+def _mgo(n: int) -> Atoms:
+    atoms = bulk("MgO", "rocksalt", a=4.21, cubic=True).repeat((n, n, n))
+    atoms.rattle(0.05, seed=6)
+    return atoms
+
+
+def _time_per_step(atoms: Atoms, path: Path, ranks: int, options: str, steps: int, timeout: float) -> tuple[float, str]:
+    """LAMMPS loop time per NVE step (one thread per rank) of ``run steps``
+    after a one-step warm-up run; returns it and the log."""
+    work = Path(tempfile.mkdtemp(prefix="chgnet-mpi-crossover-"))
+    data = write_data(atoms, work / "system.data")
+    script = f"""units metal
+atom_style atomic
+read_data {data.path}
+pair_style chgnet {path} threads 1 {options}
+pair_coeff * * {" ".join(data.species)}
+velocity all create 300.0 1234 mom yes rot no
+timestep 0.001
+fix nve all nve
+thermo 1
+run 1
+run {steps}
+"""
+    proc = run_lmp(script, ranks, work, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    loops = re.findall(r"Loop time of ([0-9.eE+-]+) on", proc.stdout)
+    return float(loops[-1]) / steps, proc.stdout
+
+
+def crossover(args) -> dict:
+    """Time per MD step on 1 rank (serial) and on 2 ranks with ``parallel
+    gather`` and ``parallel exchange``, one thread per rank, modes alternating
+    within each round; and what ``parallel auto`` chooses on 2 ranks."""
+    rows = []
+    names = [n for n in CROSSOVER if any(s in n for s in args.only)] if args.only else CROSSOVER_DEFAULT
+    path = model(args.dtype)
+    auto = {}
+    for name in names:  # the choice and its reason from the log (run 0)
+        log = mpi_single_point(CROSSOVER[name][0](), path, 2, pair_options="parallel auto", timeout=args.timeout)["log"]
+        auto[name] = re.search(r"parallel auto: (.*)", log).group(1)
+        print(name, auto[name], flush=True)
+    for round_ in range(args.repeat):
+        for name in names:
+            build, (steps, steps_exchange) = CROSSOVER[name]
+            atoms = build()
+            for label, ranks, options, n in [
+                ("serial, 1 rank", 0, "", steps),
+                ("gather, 2 ranks", 2, "parallel gather", steps),
+                ("exchange, 2 ranks", 2, "parallel exchange", steps_exchange),
+            ]:
+                t, log = _time_per_step(atoms, path, ranks, options, n, args.timeout)
+                row = {"system": name, "atoms": len(atoms), "round": round_, "config": label, "steps": n, "s_per_step": t}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        _write(args, {"dtype": args.dtype, "rows": rows, "auto": auto})
+    return {"dtype": args.dtype, "rows": rows, "auto": auto}
+
+
 def report(args) -> dict:
-    """Markdown tables of verify.json, nve.json and speed.json."""
+    """Markdown tables of verify.json, verify_gather.json, nve.json,
+    speed.json and crossover.json."""
     lines = []
-    verify_file, nve_file, speed_file = (OUT / f"{k}.json" for k in ("verify", "nve", "speed"))
-    if verify_file.is_file():
+    nve_file, speed_file = (OUT / f"{k}.json" for k in ("nve", "speed"))
+    for verify_file in (OUT / "verify.json", OUT / "verify_gather.json"):
+        if not verify_file.is_file():
+            continue
         v = json.loads(verify_file.read_text())
-        lines += ["## Single points against the serial pair style", "",
-                  "max|Δ|/max|ref| per quantity; tolerance 1e-6 (float64) and 1e-5 (float32).", "",
+        tols = sorted({(r["dtype"], r["tolerance"]) for r in v["rows"]})
+        lines += [f"## Single points against the serial pair style ({verify_file.name})", "",
+                  "max|Δ|/max|ref| per quantity; tolerance " + ", ".join(f"{t:g} ({d})" for d, t in tols) + ".", "",
                   "| system | atoms | dtype | ranks | mode | processors | energy | pe/atom | forces | pressure | wall s |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for r in v["rows"]:
@@ -233,6 +320,32 @@ def report(args) -> dict:
                 f"{r['energy']:.1e} | {r['energies']:.1e} | {r['forces']:.1e} | {r['pressure']:.1e} | {r['wall_s']} |"
             )
         lines += ["", f"All pass: {v['all_pass']}.", ""]
+    crossover_files = sorted(OUT.glob("crossover*.json"))  # crossover.json, then crossover_<tag>.json
+    if crossover_files:
+        c = {"dtype": None, "rows": [], "auto": {}}
+        for f in crossover_files:
+            part = json.loads(f.read_text())
+            c["dtype"] = c["dtype"] or part["dtype"]
+            c["rows"] += part["rows"]
+            c["auto"].update(part.get("auto", {}))
+        times: dict = {}
+        for r in c["rows"]:
+            times.setdefault(r["system"], {}).setdefault(r["config"], []).append(r["s_per_step"])
+        lines += [f"## Time per MD step: 1 rank against 2 ranks ({c['dtype']}, one thread per rank)", "",
+                  "Median over the rounds (each round's value in brackets); speed-up = serial time / 2-rank time, "
+                  "the median of the rounds' ratios (the modes alternate within a round).", "",
+                  "| system | serial, 1 rank s/step | gather, 2 ranks | exchange, 2 ranks | gather speed-up | exchange speed-up | `parallel auto` on 2 ranks |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for name, by in times.items():
+            med = {k: float(np.median(v)) for k, v in by.items()}
+            cell = {k: f"{med[k]:.3g} ({', '.join(f'{x:.3g}' for x in v)})" for k, v in by.items()}
+            serial = np.array(by["serial, 1 rank"])
+            gather = np.median(serial / np.array(by["gather, 2 ranks"]))
+            exchange = np.median(serial / np.array(by["exchange, 2 ranks"]))
+            auto = c.get("auto", {}).get(name, "").split(":")[0]
+            lines.append(f"| {name} | {cell['serial, 1 rank']} | {cell['gather, 2 ranks']} | {cell['exchange, 2 ranks']} | "
+                         f"{gather:.2f} | {exchange:.2f} | {auto} |")  # fmt: skip
+        lines.append("")
     if nve_file.is_file():
         n = json.loads(nve_file.read_text())
         lines += [f"## NVE: {n['system']}, {n['steps']} steps", "",
@@ -264,20 +377,25 @@ def report(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("part", choices=["verify", "nve", "speed", "report"])
-    p.add_argument("--only", nargs="*", default=None, help="verify: only systems whose name contains one of these")
+    p.add_argument("part", choices=["verify", "nve", "speed", "crossover", "report"])
+    p.add_argument("--only", nargs="*", default=None, help="verify, crossover: only systems whose name contains one of these")
     p.add_argument("--ranks", nargs="*", type=int, default=None, help="verify: only these rank counts")
     p.add_argument("--tag", default="", help="suffix of the output file name")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--mode", choices=["exchange", "gather"], default="exchange", help="verify: the parallel mode")
+    p.add_argument("--quick", action="store_true", help="verify: MgO 216 on 2 ranks only, no parallel shell")
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--repeat", type=int, default=2, help="crossover: rounds over all systems and modes")
     args = p.parse_args(argv)
     if args.steps is None:
         args.steps = 200 if args.part == "nve" else 3
+    if args.part == "verify" and args.mode == "gather" and not args.tag:
+        args.tag = "gather"  # verify_gather.json beside the exchange's verify.json
     if args.part == "report":
         report(args)
         return 0
-    result = {"verify": verify, "nve": nve, "speed": speed}[args.part](args)
+    result = {"verify": verify, "nve": nve, "speed": speed, "crossover": crossover}[args.part](args)
     print(f"wrote {_write(args, result)}")
     return 0
 

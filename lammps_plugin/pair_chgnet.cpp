@@ -25,6 +25,14 @@
    redundantly in the halo), their own atom convolutions are overwritten at
    the next exchange. See docs/design.md (section 2) and README.md.
 
+   Gathered graph (many ranks, "parallel gather"): every rank sends its
+   local atoms and the pairs within the model cutoff that start at them
+   (each pair once, from the lower atom ID, with the vector x_j - x_i of its
+   neighbour list) to rank 0, which solves each pair's image shift from the
+   gathered positions, builds the serial graph of all atoms (node = gathered
+   atom), evaluates it and scatters per-atom forces, site energies, magmoms
+   and virials back to the owners (compute_gathered).
+
    Forces F_i = sum_j g_ij - sum_j g_ji and virial W = -sum r_ij (x) g_ij
    over this rank's edges, with g = dE/d(edge vectors); LAMMPS sums W over
    ranks and its virial has the sign of W (positive pressure for
@@ -48,8 +56,10 @@
 #include "utils.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 using namespace LAMMPS_NS;
 
@@ -87,8 +97,27 @@ static void add_edge_forces(double **f, const std::vector<int> &edge_i, const st
 
 static const char *mode_name(int mode)
 {
-  static const char *names[] = {"auto", "serial", "exchange", "shell"};
+  static const char *names[] = {"auto", "serial", "exchange", "shell", "gather"};
   return names[mode];
+}
+
+// the integer image shift s with d = s0 a + s1 b + s2 c, for the box rows
+// a = (xprd, 0, 0), b = (xy, yprd, 0), c = (xz, yz, zprd) (domain->h =
+// xprd, yprd, zprd, yz, xz, xy); false if d is no lattice vector within tol
+static bool image_shift(const double *h, double d0, double d1, double d2, double tol, int64_t s[3])
+{
+  s[2] = std::llround(d2 / h[2]);
+  s[1] = std::llround((d1 - s[2] * h[3]) / h[1]);
+  s[0] = std::llround((d0 - s[1] * h[5] - s[2] * h[4]) / h[0]);
+  const double r0 = d0 - (s[0] * h[0] + s[1] * h[5] + s[2] * h[4]);
+  const double r1 = d1 - (s[1] * h[1] + s[2] * h[3]);
+  const double r2 = d2 - s[2] * h[2];
+  return std::fabs(r0) <= tol && std::fabs(r1) <= tol && std::fabs(r2) <= tol;
+}
+
+static bool positive_shift(const int64_t s[3])
+{
+  return s[0] > 0 || (s[0] == 0 && (s[1] > 0 || (s[1] == 0 && s[2] > 0)));
 }
 
 namespace {
@@ -108,8 +137,8 @@ class CommExchange : public crossfunctional::FeatureExchange {
 
 PairCHGNet::PairCHGNet(LAMMPS *lmp) :
     Pair(lmp), graph(new crossfunctional::GraphInput), result(new crossfunctional::GraphOutput),
-    cutoff(0.0), nthreads(0), parallel_keyword(AUTO), mass_check(MASS_ERROR), mode(SERIAL), cutghost_set(0.0), report_graph(false),
-    comm_rows(nullptr), comm_width(0), magmom(nullptr), nmax_magmom(0)
+    cutoff(0.0), nthreads(0), parallel_keyword(AUTO), mass_check(MASS_ERROR), mode(SERIAL), cutghost_set(0.0), gather_wait(0.0), report_graph(false),
+    comm_rows(nullptr), comm_width(0), comm_float(false), magmom(nullptr), nmax_magmom(0)
 {
   if (lmp->citeme) lmp->citeme->add(cite_chgnet);
   single_enable = 0;
@@ -165,7 +194,7 @@ void PairCHGNet::check_environment(const char *where)
 
 /* ----------------------------------------------------------------------
    pair_style chgnet model.pt [threads N] [device cpu|cuda[:k]]
-                              [parallel auto|serial|exchange|shell]
+                              [parallel auto|serial|gather|exchange|shell]
 ------------------------------------------------------------------------- */
 
 namespace {
@@ -194,7 +223,7 @@ void PairCHGNet::settings(int narg, char **arg)
   if (narg < 1)
     error->all(FLERR,
                "Illegal pair_style chgnet command: expected 'pair_style chgnet <model.pt> "
-               "[threads N] [device cpu|cuda] [parallel auto|serial|exchange|shell] "
+               "[threads N] [device cpu|cuda] [parallel auto|serial|gather|exchange|shell] "
                "[check_masses yes|warn|no]'");
   std::string file = arg[0];
   std::string device = "cpu";
@@ -215,12 +244,12 @@ void PairCHGNet::settings(int narg, char **arg)
     } else if (key == "parallel") {
       const std::string value = arg[iarg + 1];
       parallel = -1;
-      for (int m = AUTO; m <= SHELL; m++)
+      for (int m = AUTO; m < NMODES; m++)
         if (value == mode_name(m)) parallel = m;
       if (parallel < 0)
         error->all(FLERR,
                    "Illegal pair_style chgnet command: parallel '{}' unknown (known: auto, "
-                   "serial, exchange, shell)",
+                   "serial, gather, exchange, shell)",
                    value);
     } else if (key == "check_masses") {
       const std::string value = arg[iarg + 1];
@@ -261,6 +290,8 @@ void PairCHGNet::settings(int narg, char **arg)
   cutoff = model->cutoff();
   // one row of atom features per atom in the exchange
   comm_forward = comm_reverse = static_cast<int>(model->feature_width());
+  // a float32 model's features travel as float32 in the forward exchange
+  comm_float = model->dtype_name() == "float32";
   if (!(cutoff > 0.0))
     error->all(FLERR, "pair_style chgnet: model '{}' has a non-positive cutoff {}", file, cutoff);
 
@@ -384,15 +415,22 @@ void PairCHGNet::init_style()
   check_masses();
 
   mode = parallel_keyword;
-  if (mode == AUTO) mode = comm->nprocs > 1 ? EXCHANGE : SERIAL;
-  if (mode == SERIAL) {
-    if (comm->nprocs > 1)
-      error->all(FLERR,
-                 "pair_style chgnet: 'parallel serial' folds ghost atoms onto local atoms and "
-                 "runs on a single MPI rank only, this run has {} ranks; use 'parallel "
-                 "exchange' (the default on more than one rank)",
-                 comm->nprocs);
+  if (mode == AUTO) mode = comm->nprocs > 1 ? choose_mode() : SERIAL;
+  if (mode == SERIAL && comm->nprocs > 1)
+    error->all(FLERR,
+               "pair_style chgnet: 'parallel serial' folds ghost atoms onto local atoms and "
+               "runs on a single MPI rank only, this run has {} ranks; use 'parallel auto' "
+               "(the default), 'gather' or 'exchange'",
+               comm->nprocs);
+  if (mode == SERIAL || mode == GATHER) {
+    // the model cutoff + skin is the ghost cutoff (from init_one), as serial
+    if (mode == GATHER && comm->me == 0)
+      utils::logmesg(lmp,
+                     "pair_style chgnet: parallel gather on {} MPI rank(s): rank 0 evaluates the "
+                     "whole system on its {} torch thread(s), the other ranks wait\n",
+                     comm->nprocs, nthreads);
     neighbor->add_request(this, NeighConst::REQ_FULL);
+    report_graph = mode == GATHER;
     return;
   }
 
@@ -440,6 +478,67 @@ void PairCHGNet::init_style()
                    mode_name(mode), comm->nprocs, comm->cutghostuser);
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
   report_graph = true;
+}
+
+/* ----------------------------------------------------------------------
+   parallel auto on many ranks: gather or exchange. Exchange makes every rank
+   compute its subdomain plus a halo of ghost atoms out to the exchange
+   ghost cutoff (12 A + skin) in every direction, periodic images included;
+   gather evaluates the whole system once on rank 0. The halo is estimated
+   from the subdomain's shape (its volume grown by the ghost cutoff over its
+   own), the atom count per rank from the total. Exchange is chosen when
+   the subdomains hold at least AUTO_MIN_ATOMS atoms each and the halo at
+   most AUTO_MAX_HALO times the subdomain (values from timings of both
+   modes on 2 ranks, README.md), else gather.
+------------------------------------------------------------------------- */
+
+namespace {
+constexpr double AUTO_MIN_ATOMS = 1000.0;
+constexpr double AUTO_MAX_HALO = 8.0;
+}    // namespace
+
+int PairCHGNet::choose_mode()
+{
+  const int nprocs = comm->nprocs;
+  const double per_rank = static_cast<double>(atom->natoms) / nprocs;
+  if (model->num_segments() < 2) {
+    if (comm->me == 0)
+      utils::logmesg(lmp,
+                     "pair_style chgnet: parallel auto: gather on {} MPI ranks (model {} has no "
+                     "segment methods for the exchange)\n",
+                     nprocs, model_name);
+    return GATHER;
+  }
+  const double reach =
+      std::max(cutoff, model->num_segments() * model->bond_cutoff()) + neighbor->skin;
+  double halo = 1.0;
+  for (int d = 0; d < 3; d++) {
+    // thickness of the subdomain and of the box across lattice planes d
+    double box, sub;
+    if (domain->triclinic) {
+      const double *hi = domain->h_inv;
+      const double row[3][3] = {{hi[0], hi[5], hi[4]}, {0.0, hi[1], hi[3]}, {0.0, 0.0, hi[2]}};
+      box = 1.0 / std::sqrt(row[d][0] * row[d][0] + row[d][1] * row[d][1] + row[d][2] * row[d][2]);
+      sub = (domain->subhi_lamda[d] - domain->sublo_lamda[d]) * box;
+    } else {
+      box = domain->prd[d];
+      sub = domain->subhi[d] - domain->sublo[d];
+    }
+    double grown = sub + 2.0 * reach;
+    if (!domain->periodicity[d]) grown = std::min(grown, box);
+    halo *= grown / std::max(sub, 1.0e-3);
+  }
+  double most = halo;
+  MPI_Allreduce(&halo, &most, 1, MPI_DOUBLE, MPI_MAX, world);
+  const bool exchange = per_rank >= AUTO_MIN_ATOMS && most <= AUTO_MAX_HALO;
+  if (comm->me == 0)
+    utils::logmesg(lmp,
+                   "pair_style chgnet: parallel auto: {} on {} MPI ranks: {} atoms, {:.0f} per rank, "
+                   "exchange halo {:.1f}x the subdomain (exchange needs >= {:.0f} atoms per rank "
+                   "and a halo <= {:.0f}x)\n",
+                   exchange ? "exchange" : "gather", nprocs, atom->natoms, per_rank, most,
+                   AUTO_MIN_ATOMS, AUTO_MAX_HALO);
+  return exchange ? EXCHANGE : GATHER;
 }
 
 /* ----------------------------------------------------------------------
@@ -532,28 +631,20 @@ void PairCHGNet::build_graph()
                    "local atoms (serial folding of ghost atoms failed)",
                    tj, tag[i]);
       if (b < a) continue;    // this pair is taken from b's side
-      int64_t s0 = 0, s1 = 0, s2 = 0;
+      int64_t s[3] = {0, 0, 0};
       if (j >= nlocal) {
         const int o = node_local[b];
         const double d0 = x[j][0] - x[o][0], d1 = x[j][1] - x[o][1], d2 = x[j][2] - x[o][2];
-        s2 = std::llround(d2 / h[2]);
-        s1 = std::llround((d1 - s2 * h[3]) / h[1]);
-        s0 = std::llround((d0 - s1 * h[5] - s2 * h[4]) / h[0]);
-        const double r0 = d0 - (s0 * h[0] + s1 * h[5] + s2 * h[4]);
-        const double r1 = d1 - (s1 * h[1] + s2 * h[3]);
-        const double r2 = d2 - s2 * h[2];
-        if (std::fabs(r0) > tol || std::fabs(r1) > tol || std::fabs(r2) > tol)
+        if (!image_shift(h, d0, d1, d2, tol, s))
           error->one(FLERR,
                      "pair_style chgnet: ghost of atom ID {} is not a periodic image of it "
                      "(offset {} {} {} Angstrom)",
                      tj, d0, d1, d2);
       }
-      if (b == a) {
-        // a periodic image of the atom itself: keep the shift that is
-        // lexicographically positive, its reverse is the negative one
-        const bool positive = s0 > 0 || (s0 == 0 && (s1 > 0 || (s1 == 0 && s2 > 0)));
-        if (!positive) continue;
-      }
+      // a periodic image of the atom itself: keep the shift that is
+      // lexicographically positive, its reverse is the negative one
+      if (b == a && !positive_shift(s)) continue;
+      const int64_t s0 = s[0], s1 = s[1], s2 = s[2];
       if (rsq < minsq)
         error->one(FLERR,
                    "pair_style chgnet: atoms ID {} and {} are {:.4f} Angstrom apart, closer than "
@@ -596,6 +687,10 @@ void PairCHGNet::compute(int eflag, int vflag)
   const int nlocal = atom->nlocal;
   for (int i = 0; i < nlocal; i++) magmom[i] = 0.0;
 
+  if (mode == GATHER) {
+    compute_gathered();
+    return;
+  }
   if (mode != SERIAL) {
     compute_unfolded();
     return;
@@ -857,6 +952,238 @@ void PairCHGNet::compute_unfolded()
 }
 
 /* ----------------------------------------------------------------------
+   gather: the serial graph of the whole system on rank 0 (see top of file)
+------------------------------------------------------------------------- */
+
+namespace {
+constexpr int ATOM_ROW = 5;    // gathered per atom: atom ID, Z, x, y, z
+constexpr int PAIR_ROW = 5;    // gathered per pair: atom IDs i, j, x_j - x_i
+
+// waits for a nonblocking collective, here rank 0's evaluation, mostly
+// asleep, so that the waiting ranks leave their cores to rank 0 and to other
+// jobs: sleeps (of at most 1 ms) until shortly before the previous wait's
+// length, polls without sleeping from then until 2 ms after it, so that the
+// rank is awake when the results arrive, then sleeps 100 us between polls.
+// Returns the seconds waited.
+double wait_sleeping(MPI_Request &request, double previous)
+{
+  using clock = std::chrono::steady_clock;
+  const auto start = clock::now();
+  const double awake_from = previous - std::min(0.1 * previous, 2.0e-3);
+  int done = 0;
+  MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+  while (!done) {
+    const double waited = std::chrono::duration<double>(clock::now() - start).count();
+    if (waited < awake_from)
+      std::this_thread::sleep_for(std::chrono::duration<double>(std::min(awake_from - waited, 1.0e-3)));
+    else if (waited > previous + 2.0e-3)
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+  }
+  return std::chrono::duration<double>(clock::now() - start).count();
+}
+}    // namespace
+
+void PairCHGNet::compute_gathered()
+{
+  double **x = atom->x;
+  int *type = atom->type;
+  tagint *tag = atom->tag;
+  const int nlocal = atom->nlocal;
+  const int me = comm->me, nprocs = comm->nprocs;
+  const double *h = domain->h;
+  const double cutsq_model = cutoff * cutoff;
+  const double minsq = MIN_DISTANCE * MIN_DISTANCE;
+  const double tol = 1.0e-6 * (1.0 + std::fabs(h[0]) + std::fabs(h[1]) + std::fabs(h[2]));
+
+  // this rank's share: its atoms of a chgnet type, and the pairs within the
+  // model cutoff that start at them, each once: from the lower atom ID, or
+  // for an atom's own periodic images with the positive shift. The vector
+  // x_j - x_i is the serial one (j: the neighbour, local or ghost).
+  std::vector<double> atoms_out, pairs_out;
+  node_local.clear();
+  const int inum = list->inum;
+  int *ilist = list->ilist;
+  int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    if (i >= nlocal || type_z[type[i]] == 0) continue;
+    node_local.push_back(i);
+    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+    atoms_out.insert(atoms_out.end(), {(double) tag[i], (double) type_z[type[i]], xi, yi, zi});
+    const int *jlist = firstneigh[i];
+    const int jnum = numneigh[i];
+    for (int jj = 0; jj < jnum; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (type_z[type[j]] == 0) continue;
+      const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
+      const double rsq = dx * dx + dy * dy + dz * dz;
+      if (rsq >= cutsq_model || tag[j] < tag[i]) continue;
+      if (tag[j] == tag[i]) {
+        int64_t s[3];
+        if (!image_shift(h, dx, dy, dz, tol, s))
+          error->one(FLERR,
+                     "pair_style chgnet: ghost of atom ID {} is not a periodic image of it "
+                     "(offset {} {} {} Angstrom)",
+                     tag[i], dx, dy, dz);
+        if (!positive_shift(s)) continue;
+      }
+      if (rsq < minsq)
+        error->one(FLERR,
+                   "pair_style chgnet: atoms ID {} and {} are {:.4f} Angstrom apart, closer than "
+                   "{} Angstrom",
+                   tag[i], tag[j], std::sqrt(rsq), MIN_DISTANCE);
+      pairs_out.insert(pairs_out.end(), {(double) tag[i], (double) tag[j], dx, dy, dz});
+    }
+  }
+
+  // to rank 0 (atom IDs travel as doubles: exact below 2^53)
+  const int nmine = static_cast<int>(node_local.size());
+  const int mine[2] = {nmine * ATOM_ROW, static_cast<int>(pairs_out.size())};
+  std::vector<int> sizes(2 * nprocs), atom_count(nprocs), atom_displ(nprocs), pair_count(nprocs),
+      pair_displ(nprocs);
+  MPI_Gather(mine, 2, MPI_INT, sizes.data(), 2, MPI_INT, 0, world);
+  size_t natoms_all = 0, npairs_all = 0;
+  if (me == 0)
+    for (int r = 0; r < nprocs; r++) {
+      atom_count[r] = sizes[2 * r];
+      pair_count[r] = sizes[2 * r + 1];
+      atom_displ[r] = static_cast<int>(natoms_all);
+      pair_displ[r] = static_cast<int>(npairs_all);
+      natoms_all += atom_count[r];
+      npairs_all += pair_count[r];
+    }
+  std::vector<double> atoms_in(me == 0 ? natoms_all : 0), pairs_in(me == 0 ? npairs_all : 0);
+  MPI_Gatherv(atoms_out.data(), mine[0], MPI_DOUBLE, atoms_in.data(), atom_count.data(),
+              atom_displ.data(), MPI_DOUBLE, 0, world);
+  MPI_Gatherv(pairs_out.data(), mine[1], MPI_DOUBLE, pairs_in.data(), pair_count.data(),
+              pair_displ.data(), MPI_DOUBLE, 0, world);
+
+  // per atom back from rank 0: force (3), site energy, magmom[, virial (6)]
+  const int width = vflag_atom ? 11 : 5;
+  std::vector<double> rows;
+  if (me == 0) {
+    const size_t nnodes = natoms_all / ATOM_ROW;
+    const size_t npairs = npairs_all / PAIR_ROW;
+    tagint maxtag = 0;
+    for (size_t a = 0; a < nnodes; a++) maxtag = std::max(maxtag, (tagint) atoms_in[a * ATOM_ROW]);
+    tag_node.assign(static_cast<size_t>(maxtag) + 1, -1);
+    graph->atomic_numbers.resize(nnodes);
+    for (size_t a = 0; a < nnodes; a++) {
+      tag_node[(tagint) atoms_in[a * ATOM_ROW]] = static_cast<int>(a);
+      graph->atomic_numbers[a] = static_cast<int64_t>(atoms_in[a * ATOM_ROW + 1]);
+    }
+    // both directions of every pair, as build_graph; edge_i/j: graph nodes
+    std::vector<int64_t> src, dst;
+    auto &shifts = graph->edge_shifts;
+    auto &vectors = graph->edge_vectors;
+    shifts.clear();
+    vectors.clear();
+    edge_i.clear();
+    edge_j.clear();
+    for (size_t p = 0; p < npairs; p++) {
+      const double *q = &pairs_in[p * PAIR_ROW];
+      const tagint ti = (tagint) q[0], tj = (tagint) q[1];
+      const int a = tag_node[ti];
+      const int b = tj <= maxtag ? tag_node[tj] : -1;
+      if (b < 0)
+        error->one(FLERR,
+                   "pair_style chgnet: neighbour atom ID {} of atom ID {} is not among the "
+                   "gathered atoms",
+                   tj, ti);
+      const double *xa = &atoms_in[a * ATOM_ROW + 2], *xb = &atoms_in[b * ATOM_ROW + 2];
+      const double dx = q[2], dy = q[3], dz = q[4];
+      int64_t s[3] = {0, 0, 0};
+      if (!image_shift(h, xa[0] + dx - xb[0], xa[1] + dy - xb[1], xa[2] + dz - xb[2], tol, s))
+        error->one(FLERR,
+                   "pair_style chgnet: neighbour of atom ID {} is not a periodic image of atom "
+                   "ID {}",
+                   ti, tj);
+      src.insert(src.end(), {a, b});
+      dst.insert(dst.end(), {b, a});
+      shifts.insert(shifts.end(), {s[0], s[1], s[2], -s[0], -s[1], -s[2]});
+      vectors.insert(vectors.end(), {dx, dy, dz, -dx, -dy, -dz});
+      edge_i.insert(edge_i.end(), {a, b});
+      edge_j.insert(edge_j.end(), {b, a});
+    }
+    auto &edge_index = graph->edge_index;
+    edge_index.resize(src.size() + dst.size());
+    std::copy(src.begin(), src.end(), edge_index.begin());
+    std::copy(dst.begin(), dst.end(), edge_index.begin() + src.size());
+
+    rows.assign(nnodes * width, 0.0);
+    if (nnodes > 0) {
+      try {
+        model->evaluate(*graph, *result);
+      } catch (const std::exception &e) {
+        error->one(FLERR, "pair_style chgnet: model evaluation failed: {}", e.what());
+      }
+      const std::vector<double> &g = result->grad;
+      const std::vector<double> &r = graph->edge_vectors;
+      for (size_t k = 0; k < edge_i.size(); k++) {
+        const double *gk = &g[3 * k];
+        double *fi = &rows[edge_i[k] * width];
+        double *fj = &rows[edge_j[k] * width];
+        for (int d = 0; d < 3; d++) {
+          fi[d] += gk[d];
+          fj[d] -= gk[d];
+        }
+        if (vflag_either) {
+          // W = -sum_k r_k (x) g_k, as serial; only rank 0 adds to the global virial
+          const double *rk = &r[3 * k];
+          const double w[6] = {-rk[0] * gk[0], -rk[1] * gk[1], -rk[2] * gk[2],
+                               -rk[0] * gk[1], -rk[0] * gk[2], -rk[1] * gk[2]};
+          if (vflag_global)
+            for (int m = 0; m < 6; m++) virial[m] += w[m];
+          if (vflag_atom)
+            for (int m = 0; m < 6; m++) {
+              fi[5 + m] += 0.5 * w[m];
+              fj[5 + m] += 0.5 * w[m];
+            }
+        }
+      }
+      for (size_t a = 0; a < nnodes; a++) {
+        rows[a * width + 3] = result->site_energies[a];
+        rows[a * width + 4] = result->magmoms[a];
+      }
+    }
+    if (report_graph)
+      utils::logmesg(lmp,
+                     "pair_style chgnet: parallel gather: graph of {} atoms and {} directed edges "
+                     "on rank 0 of {}\n",
+                     nnodes, edge_i.size(), nprocs);
+    for (int r = 0; r < nprocs; r++) {
+      atom_count[r] = atom_count[r] / ATOM_ROW * width;
+      atom_displ[r] = atom_displ[r] / ATOM_ROW * width;
+    }
+  }
+  report_graph = false;
+
+  // back to the owners; rank 0 evaluates while the others wait
+  std::vector<double> back(static_cast<size_t>(nmine) * width);
+  MPI_Request request;
+  MPI_Iscatterv(rows.data(), atom_count.data(), atom_displ.data(), MPI_DOUBLE, back.data(),
+                nmine * width, MPI_DOUBLE, 0, world, &request);
+  if (me == 0)
+    MPI_Wait(&request, MPI_STATUS_IGNORE);
+  else
+    gather_wait = wait_sleeping(request, gather_wait);
+
+  double **f = atom->f;
+  for (int k = 0; k < nmine; k++) {
+    const int i = node_local[k];
+    const double *row = &back[static_cast<size_t>(k) * width];
+    for (int d = 0; d < 3; d++) f[i][d] += row[d];
+    if (eflag_global) eng_vdwl += row[3];
+    if (eflag_atom) eatom[i] += row[3];
+    magmom[i] = row[4];
+    if (vflag_atom)
+      for (int m = 0; m < 6; m++) vatom[i][m] += row[5 + m];
+  }
+}
+
+/* ----------------------------------------------------------------------
    exchange of per-atom rows (atom features or their adjoints), one row of
    comm_forward doubles per local + ghost atom
 ------------------------------------------------------------------------- */
@@ -893,42 +1220,75 @@ void PairCHGNet::exchange_rows(std::vector<double> &rows, int width, bool forwar
   }
 }
 
-int PairCHGNet::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)
+// rows of LAMMPS' buffers, as doubles or, for the forward exchange of a
+// float32 model, as float32, two per double: its atom features are float32
+// values, copied exactly either way. The reverse exchange stays in double:
+// ghost rows relayed over several ranks carry partial sums of adjoints,
+// which float32 would round (2.6e-5 eV/A in the forces of float32 Si 512 on
+// 2 ranks). Returns the doubles used.
+static int put_rows(const double *rows, int width, int n, const int *list, int first, bool as_float,
+                    double *buf)
 {
+  if (!as_float) {
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+      const double *row = rows + static_cast<size_t>(list ? list[i] : first + i) * width;
+      for (int k = 0; k < width; k++) buf[m++] = row[k];
+    }
+    return m;
+  }
+  char *out = reinterpret_cast<char *>(buf);
+  for (int i = 0; i < n; i++) {
+    const double *row = rows + static_cast<size_t>(list ? list[i] : first + i) * width;
+    for (int k = 0; k < width; k++, out += sizeof(float)) {
+      const float v = static_cast<float>(row[k]);
+      std::memcpy(out, &v, sizeof(float));
+    }
+  }
+  return (n * width + 1) / 2;
+}
+
+// the inverse of put_rows: row := buffer, or row += buffer
+static void get_rows(double *rows, int width, int n, const int *list, int first, bool as_float,
+                     const double *buf, bool add)
+{
+  const char *in = reinterpret_cast<const char *>(buf);
   int m = 0;
   for (int i = 0; i < n; i++) {
-    const double *row = comm_rows + static_cast<size_t>(list[i]) * comm_width;
-    for (int k = 0; k < comm_width; k++) buf[m++] = row[k];
+    double *row = rows + static_cast<size_t>(list ? list[i] : first + i) * width;
+    for (int k = 0; k < width; k++) {
+      double v;
+      if (as_float) {
+        float f;
+        std::memcpy(&f, in, sizeof(float));
+        in += sizeof(float);
+        v = f;
+      } else {
+        v = buf[m++];
+      }
+      row[k] = add ? row[k] + v : v;
+    }
   }
-  return m;
+}
+
+int PairCHGNet::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)
+{
+  return put_rows(comm_rows, comm_width, n, list, 0, comm_float, buf);
 }
 
 void PairCHGNet::unpack_forward_comm(int n, int first, double *buf)
 {
-  int m = 0;
-  for (int i = first; i < first + n; i++) {
-    double *row = comm_rows + static_cast<size_t>(i) * comm_width;
-    for (int k = 0; k < comm_width; k++) row[k] = buf[m++];
-  }
+  get_rows(comm_rows, comm_width, n, nullptr, first, comm_float, buf, false);
 }
 
 int PairCHGNet::pack_reverse_comm(int n, int first, double *buf)
 {
-  int m = 0;
-  for (int i = first; i < first + n; i++) {
-    const double *row = comm_rows + static_cast<size_t>(i) * comm_width;
-    for (int k = 0; k < comm_width; k++) buf[m++] = row[k];
-  }
-  return m;
+  return put_rows(comm_rows, comm_width, n, nullptr, first, false, buf);
 }
 
 void PairCHGNet::unpack_reverse_comm(int n, int *list, double *buf)
 {
-  int m = 0;
-  for (int i = 0; i < n; i++) {
-    double *row = comm_rows + static_cast<size_t>(list[i]) * comm_width;
-    for (int k = 0; k < comm_width; k++) row[k] += buf[m++];
-  }
+  get_rows(comm_rows, comm_width, n, list, 0, false, buf, true);
 }
 
 /* ----------------------------------------------------------------------

@@ -2,7 +2,7 @@
    LAMMPS pair style, loaded as a plugin.
 
      pair_style chgnet model.pt [threads N] [device cpu|cuda[:k]]
-                                [parallel auto|serial|exchange|shell]
+                                [parallel auto|serial|gather|exchange|shell]
      pair_coeff * * Si O NULL ...
 
    serial (default on one MPI rank): ghost atoms are folded onto their
@@ -10,12 +10,23 @@
    carries the integer image shift of its neighbour, exactly the model
    contract of docs/design.md.
 
-   exchange (default on more ranks): the graph is unfolded (nodes = local +
+   exchange (many ranks, large systems): the graph is unfolded (nodes = local +
    ghost atoms, shifts zero); the model runs segment by segment and the
    atom features of ghost atoms are refreshed from their owners after each
    of the first n_conv - 1 atom convolutions (forward comm), their adjoints
    returned in the backward pass (reverse comm). Ghost cutoff n_conv x 3 A
    (short-bond halo) + skin.
+
+   gather (many ranks, small systems): the ranks send their local atoms
+   (ID, element, position) and the pairs within the model cutoff that start
+   at them to rank 0, which builds the serial graph of the whole system
+   (periodic images as integer shifts), evaluates it once and sends forces,
+   site energies, magmoms and per-atom virials back to the owners. The
+   other ranks wait (sleeping) meanwhile. Ghost cutoff: the model cutoff +
+   skin, as serial.
+
+   auto: serial on one rank; on more, gather or exchange from the atom
+   count per rank and the size of the exchange halo (choose_mode).
 
    shell: the unfolded graph with no feature exchange, every layer on every
    local and ghost atom; ghost cutoff n_conv x 6 A (the receptive field) +
@@ -65,18 +76,22 @@ class PairCHGNet : public Pair {
   void build_graph();
   void build_unfolded_graph();
   void compute_unfolded();
+  void compute_gathered();
+  int choose_mode();
   double ghost_cutoff_needed() const;
   void check_masses();
 
-  enum { AUTO, SERIAL, EXCHANGE, SHELL };
+  enum { AUTO, SERIAL, EXCHANGE, SHELL, GATHER, NMODES };
   int parallel_keyword;    // what pair_style asked for
   enum { MASS_ERROR, MASS_WARN, MASS_IGNORE };
   int mass_check;          // check_masses yes|warn|no
   int mode;                // what this run does (AUTO resolved in init_style)
   double cutghost_set;     // the comm cutoff this style set (0 = none)
+  double gather_wait;      // gather: seconds the last wait for rank 0 took
   bool report_graph;       // log the graph sizes at the next compute
   double *comm_rows;       // rows being exchanged (one per local + ghost atom)
   int comm_width;
+  bool comm_float;         // forward exchange in float32 (float32 model)
   std::vector<double> energy_weight;    // 1 for local atoms of a chgnet type, else 0
   std::vector<int> hop;    // exchange: short-bond hops from the nearest local atom
   std::vector<int> node_atom;    // unfolded graph node -> local or ghost atom index
