@@ -137,7 +137,7 @@ class CommExchange : public crossfunctional::FeatureExchange {
 
 PairCHGNet::PairCHGNet(LAMMPS *lmp) :
     Pair(lmp), graph(new crossfunctional::GraphInput), result(new crossfunctional::GraphOutput),
-    cutoff(0.0), nthreads(0), parallel_keyword(AUTO), mass_check(MASS_ERROR), mode(SERIAL), cutghost_set(0.0), gather_wait(0.0), report_graph(false),
+    cutoff(0.0), nthreads(0), parallel_keyword(AUTO), mass_check(MASS_ERROR), mode(SERIAL), cutghost_set(0.0), gather_wait(0.0), gather_threads(0), root_node(false), report_graph(false),
     comm_rows(nullptr), comm_width(0), comm_float(false), magmom(nullptr), nmax_magmom(0)
 {
   if (lmp->citeme) lmp->citeme->add(cite_chgnet);
@@ -422,13 +422,18 @@ void PairCHGNet::init_style()
                "runs on a single MPI rank only, this run has {} ranks; use 'parallel auto' "
                "(the default), 'gather' or 'exchange'",
                comm->nprocs);
+  // gather: rank 0 evaluates with the threads of every rank on its node, which
+  // sleep meanwhile; any other mode: each rank its own threads
+  gather_threads = mode == GATHER ? node_threads() : nthreads;
+  if (comm->me == 0) crossfunctional::TorchModel::set_num_threads(gather_threads);
   if (mode == SERIAL || mode == GATHER) {
     // the model cutoff + skin is the ghost cutoff (from init_one), as serial
     if (mode == GATHER && comm->me == 0)
       utils::logmesg(lmp,
                      "pair_style chgnet: parallel gather on {} MPI rank(s): rank 0 evaluates the "
-                     "whole system on its {} torch thread(s), the other ranks wait\n",
-                     comm->nprocs, nthreads);
+                     "whole system on {} torch thread(s) (those of the ranks on its node), the "
+                     "other ranks wait\n",
+                     comm->nprocs, gather_threads);
     neighbor->add_request(this, NeighConst::REQ_FULL);
     report_graph = mode == GATHER;
     return;
@@ -478,6 +483,25 @@ void PairCHGNet::init_style()
                    mode_name(mode), comm->nprocs, comm->cutghostuser);
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
   report_graph = true;
+}
+
+/* ----------------------------------------------------------------------
+   torch threads of all ranks that share a node with rank 0 (each rank's
+   'threads' setting summed): the threads rank 0 uses in parallel gather
+------------------------------------------------------------------------- */
+
+int PairCHGNet::node_threads()
+{
+  MPI_Comm node;
+  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+  int lowest = comm->me;
+  MPI_Allreduce(&comm->me, &lowest, 1, MPI_INT, MPI_MIN, node);
+  MPI_Comm_free(&node);
+  root_node = lowest == 0;
+  const int mine = root_node ? nthreads : 0;
+  int total = nthreads;
+  MPI_Allreduce(&mine, &total, 1, MPI_INT, MPI_SUM, world);
+  return std::max(total, 1);
 }
 
 /* ----------------------------------------------------------------------
@@ -964,8 +988,10 @@ constexpr int PAIR_ROW = 5;    // gathered per pair: atom IDs i, j, x_j - x_i
 // jobs: sleeps (of at most 1 ms) until shortly before the previous wait's
 // length, polls without sleeping from then until 2 ms after it, so that the
 // rank is awake when the results arrive, then sleeps 100 us between polls.
+// Without 'spin' (rank 0 computes with this rank's core) it never polls
+// without sleeping.
 // Returns the seconds waited.
-double wait_sleeping(MPI_Request &request, double previous)
+double wait_sleeping(MPI_Request &request, double previous, bool spin)
 {
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
@@ -974,7 +1000,9 @@ double wait_sleeping(MPI_Request &request, double previous)
   MPI_Test(&request, &done, MPI_STATUS_IGNORE);
   while (!done) {
     const double waited = std::chrono::duration<double>(clock::now() - start).count();
-    if (waited < awake_from)
+    if (!spin)
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    else if (waited < awake_from)
       std::this_thread::sleep_for(std::chrono::duration<double>(std::min(awake_from - waited, 1.0e-3)));
     else if (waited > previous + 2.0e-3)
       std::this_thread::sleep_for(std::chrono::microseconds(100));
@@ -1168,7 +1196,7 @@ void PairCHGNet::compute_gathered()
   if (me == 0)
     MPI_Wait(&request, MPI_STATUS_IGNORE);
   else
-    gather_wait = wait_sleeping(request, gather_wait);
+    gather_wait = wait_sleeping(request, gather_wait, !root_node);  // rank 0 runs on our core: no spinning
 
   double **f = atom->f;
   for (int k = 0; k < nmine; k++) {

@@ -78,6 +78,7 @@ class PairCHGNet : public Pair {
   void compute_unfolded();
   void compute_gathered();
   int choose_mode();
+  int node_threads();
   double ghost_cutoff_needed() const;
   void check_masses();
 
@@ -88,6 +89,8 @@ class PairCHGNet : public Pair {
   int mode;                // what this run does (AUTO resolved in init_style)
   double cutghost_set;     // the comm cutoff this style set (0 = none)
   double gather_wait;      // gather: seconds the last wait for rank 0 took
+  int gather_threads;      // torch threads rank 0 evaluates with (gather: the node's)
+  bool root_node;          // this rank shares a node with rank 0
   bool report_graph;       // log the graph sizes at the next compute
   double *comm_rows;       // rows being exchanged (one per local + ghost atom)
   int comm_width;

@@ -240,6 +240,19 @@ def test_auto_chooses_gather_for_small_systems_and_exchange_for_large(model64, t
     assert "parallel auto: gather on 4 MPI ranks: 4096 atoms, 1024 per rank" in line, line
 
 
+def test_gather_evaluates_with_the_threads_of_the_ranks_on_its_node(model64, tmp_path):
+    """parallel gather on 2 ranks of one node, 'threads 1' each: rank 0
+    evaluates with 2 torch threads (the waiting rank's core is idle)."""
+    data = write_data(bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 2, 2)), tmp_path / "system.data")
+    script = (
+        f"units metal\natom_style atomic\nread_data {data.path}\n"
+        f"pair_style chgnet {model64} threads 1 parallel gather\npair_coeff * * Si\nrun 0\n"
+    )
+    proc = run_lmp(script, 2, tmp_path, TIMEOUT)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    assert "rank 0 evaluates the whole system on 2 torch thread(s)" in proc.stdout, proc.stdout[-2000:]
+
+
 # ---------------------------------------------------------------------- errors
 def _lmp_error(model: Path, tmp_path: Path, ranks: int, pair_options: str, lines: str, before: str = "") -> str:
     data = write_data(bulk("Si", "diamond", a=5.43, cubic=True), tmp_path / "si.data")
