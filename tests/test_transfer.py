@@ -366,6 +366,22 @@ def test_finetune_end_to_end_lowers_validation_error(small_labelled, tmp_path):
         finetune(train, val, None, base="chgnet-0.3.0", output_dir=out, epochs=3, batch_size=8, progress=False)
 
 
+def test_atomref_records_enter_only_the_atomref_fit(small_labelled, tmp_path):
+    """Method 4 with extra AtomRef-only records: the frozen AtomRef is the
+    Eq. 2 fit of training + extra records, the training set is unchanged."""
+    train, val, extra = small_labelled[:8], small_labelled[25:29], small_labelled[8:20]
+    res = finetune(train, val, None, base="chgnet-0.3.0", output_dir=tmp_path / "run", method="refit-atomref",
+                   epochs=1, batch_size=8, progress=False, allow_rank_deficient=True, atomref_records=extra)
+    want = fit_atomref([*train, *extra], source=get_atomref("chgnet-0.3.0"), allow_rank_deficient=True).atomref
+    np.testing.assert_allclose(res.atomref_fit.atomref, want, rtol=0, atol=1e-10)
+    alone = fit_atomref(train, source=get_atomref("chgnet-0.3.0"), allow_rank_deficient=True).atomref
+    assert np.abs(want - alone).max() > 1e-3  # the extra records changed the fit
+    state = torch.load(res.checkpoint, weights_only=True)["model"]["state_dict"]
+    np.testing.assert_allclose(state["composition_model.fc.weight"].numpy().ravel(), want, atol=1e-5)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["n_train"] == 8 and "atomref_data" in run
+
+
 @pytest.mark.parametrize("method", ["scratch", "trainable-atomref", "frozen-atomref"])
 def test_methods_treat_atomref_and_network_as_specified(method, small_labelled, tmp_path):
     from crossfunctional.transfer import load_upstream

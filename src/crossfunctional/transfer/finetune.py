@@ -312,6 +312,7 @@ def finetune(
     config: FinetuneConfig | None = None,
     progress: bool = True,
     resume: bool = True,
+    atomref_records: Sequence[LabelledStructure] = (),
     **overrides: Any,
 ) -> FinetuneResult:
     """Transfer ``base`` to the labels of ``train`` with one of the four methods.
@@ -326,6 +327,11 @@ def finetune(
         resume: continue an unfinished run in ``output_dir`` from its last
             checkpoint (settings and data must match); a finished run is
             returned as is.
+        atomref_records: labelled structures that enter only the AtomRef fit
+            of the methods that fit one (1 and 4), beside ``train``: for
+            instance an isolated O2 molecule that pins the oxygen reference
+            when every training crystal is an oxide. Never trained on, never
+            scored.
 
     Returns:
         :class:`FinetuneResult` with the checkpoint, TorchScript file, history
@@ -360,10 +366,12 @@ def finetune(
         "n_val": len(val),
         "n_test": 0 if test is None else len(test),
     }
+    if atomref_records:
+        settings["atomref_data"] = fingerprint(atomref_records)
     previous = None
     if run_file.is_file():
         previous = json.loads(run_file.read_text())
-        same = all(previous.get(k) == settings[k] for k in ("method", "base", "config", "targets", "data"))
+        same = all(previous.get(k) == settings.get(k) for k in ("method", "base", "config", "targets", "data", "atomref_data"))
         if not resume:
             raise TransferDataError(f"{out} already holds a run; use another output directory or resume")
         if not same:
@@ -378,7 +386,7 @@ def finetune(
     source_atomref = get_atomref(upstream)
     fit = None
     if method.atomref == "fit":
-        fit = fit_atomref(train, source=source_atomref, allow_rank_deficient=config.allow_rank_deficient)
+        fit = fit_atomref([*train, *atomref_records], source=source_atomref, allow_rank_deficient=config.allow_rank_deficient)
         fit.source = str(base)
     elements_train = {el for r in train for el in r.structure.composition.chemical_system.split("-")}
     unseen = sorted({el for split in (val, test or []) for r in split for el in r.structure.composition.chemical_system.split("-")} - elements_train)
