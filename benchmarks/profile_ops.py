@@ -2,8 +2,9 @@
 
 ``torch.profiler`` over calls of the default calculator (TorchScript, one
 thread, float32, after a warm-up) on Si 512 and MgO 512 (the cases of the
-FLOP-rate measurement in ``performance.json``), self CPU time of every ATen
-operator summed by kind:
+FLOP-rate measurement in ``performance.json``) and an 8-atom Si cell (a
+small cell, where the per-operator cost dominates), self CPU time of every
+ATen operator summed by kind:
 
 - matrix products (``mm``, ``addmm``, ``bmm``, ``linear``, ``matmul``): the
   only part that can approach the machine's matrix-product rate;
@@ -12,7 +13,8 @@ operator summed by kind:
 - elementwise and reductions (activations, products, sums, norms);
 - everything else (allocation, copies, views, graph construction).
 
-Also the number of operator calls per evaluation. Written:
+Also the number of operator calls per evaluation and, for the small cell,
+the wall time per call next to the time inside ATen operators. Written:
 ``benchmarks/results/profile_ops.json``.
 
     python benchmarks/profile_ops.py [--repeats 3]
@@ -70,6 +72,12 @@ def profile(atoms, repeats: int) -> dict:
 
     call()
     call()
+    import time
+
+    t0 = time.perf_counter()
+    for _ in range(20):
+        call()
+    wall_ms = (time.perf_counter() - t0) / 20 * 1000
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(repeats):
             call()
@@ -87,7 +95,8 @@ def profile(atoms, repeats: int) -> dict:
     top.sort(reverse=True)
     return {
         "atoms": len(atoms),
-        "ms_per_call_in_aten": total / 1000 / repeats,
+        "ms_per_call_wall_unprofiled": wall_ms,
+        "ms_per_call_in_aten_profiled": total / 1000 / repeats,
         "fraction": {k: v / total for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
         "aten_calls_per_evaluation": calls / repeats,
         "top_operators": [{"op": k, "fraction": us / total, "calls_per_evaluation": n / repeats} for us, k, n in top[:12]],
@@ -102,7 +111,8 @@ def main() -> None:
     torch.set_num_threads(1)
     from crossfunctional.io import atomic_write
 
-    cases = {"Si512": bulk("Si", "diamond", a=5.43, cubic=True) * 4, "MgO512": bulk("MgO", "rocksalt", a=4.21, cubic=True) * 4}
+    cases = {"Si512": bulk("Si", "diamond", a=5.43, cubic=True) * 4, "MgO512": bulk("MgO", "rocksalt", a=4.21, cubic=True) * 4,
+             "Si8": bulk("Si", "diamond", a=5.43, cubic=True)}
     out = {"threads": 1, "torch": torch.__version__, "cases": {}}
     for name, atoms in cases.items():
         atoms.rattle(0.01, seed=0)
