@@ -28,7 +28,6 @@ import contextlib
 import io
 import json
 import platform
-import re
 import tempfile
 import time
 from pathlib import Path
