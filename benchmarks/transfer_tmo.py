@@ -174,7 +174,7 @@ def main() -> int:
         summary[method] = {}
         for key in ("energy_mae_eV_per_atom", "force_mae_eV_per_A", "stress_mae_GPa"):
             vals = np.array([v[key] for v in by_seed.values()])
-            summary[method][key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+            summary[method][key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else None}
     result = {
         "data": {"crystal_frames": len(crystals), "runs": len({r.material_id for r in crystals}),
                  "o2_frames_atomref_only": len(o2), "unused_frames": [r.source for r in unused]},
@@ -196,9 +196,13 @@ def main() -> int:
         lines.append(f"| {name} (no training) | {m['energy_mae_eV_per_atom']:.4f} | {m['force_mae_eV_per_A']:.4f} | {m['stress_mae_GPa']:.3f} |")
     number = {m: k + 1 for k, m in enumerate(METHODS)}
     for method, m in summary.items():
-        cells = [f"{m[k]['mean']:.4f} ± {m[k]['std']:.4f}" for k in ("energy_mae_eV_per_atom", "force_mae_eV_per_A")]
-        cells.append(f"{m['stress_mae_GPa']['mean']:.3f} ± {m['stress_mae_GPa']['std']:.3f}")
-        lines.append(f"| Method {number[method]} ({method}) | " + " | ".join(cells) + " |")
+        def cell(k: str, digits: int) -> str:
+            spread = "" if m[k]["std"] is None else f" ± {m[k]['std']:.{digits}f}"
+            return f"{m[k]['mean']:.{digits}f}{spread}"
+
+        cells = [cell("energy_mae_eV_per_atom", 4), cell("force_mae_eV_per_A", 4), cell("stress_mae_GPa", 3)]
+        seeds = f"{len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}"
+        lines.append(f"| Method {number[method]} ({method}), fine-tuned from chgnet-0.3.0, {seeds} | " + " | ".join(cells) + " |")
     with atomic_write(args.output / "tmo_methods.md") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
