@@ -153,7 +153,7 @@ def main() -> int:
     curves: dict[str, list[list[float]]] = {m: [] for m in args.methods}
     for seed in args.seeds:
         for method in args.methods:
-            parts = []
+            parts, best = [], []
             for f in fold_ids:
                 train_all = [crystals[i] for i in folds[f][0]]
                 inner = group_kfold(train_all, k=5, seed=seed)[0]
@@ -163,11 +163,12 @@ def main() -> int:
                                method=method, epochs=args.epochs, batch_size=args.batch_size, seed=seed, targets="efs",
                                progress=False, atomref_records=o2, allow_rank_deficient=True)
                 parts.append(errors(test, predict(test, str(res.torchscript))))
+                best.append(res.best_epoch)
                 if seed == args.seeds[0]:
                     curves[method].append([row["val_e"] for row in res.history])
                 print(f"seed {seed} {method} fold {f}: best epoch {res.best_epoch}, "
                       f"{time.perf_counter() - t0:.0f} s", flush=True)
-            trained[method][str(seed)] = pooled(parts)
+            trained[method][str(seed)] = {**pooled(parts), "best_epoch_per_fold": best}
 
     summary = {}
     for method, by_seed in trained.items():
