@@ -150,3 +150,19 @@ def test_interrupted_benchmark_resumes(tmp_path, monkeypatch):
     fresh = density_benchmark(models=["chgnet-r2scan"], solids=["Cu_fcc"], progress=False)
     cu = next(s for s in data["solids"] if s["name"] == "Cu_fcc")
     assert cu["models"]["chgnet-r2scan"]["a"] == fresh.solids[0].models["chgnet-r2scan"].a
+
+
+def test_ctrl_c_before_a_command_keeps_anything_is_one_line(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while a command is still loading (before it can keep partial
+    results): exit 130 and one line, no traceback."""
+    import crossfunctional.workflows.lammps_md as lammps_md
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lammps_md, "ase_md", interrupted)
+    src = tmp_path / "si.extxyz"
+    write(src, bulk("Si", "diamond", a=5.43, cubic=True))
+    assert main(["md", str(src), "-o", str(tmp_path / "md"), "--engine", "ase", "--steps", "10"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "crossfunctional md: interrupted"

@@ -78,7 +78,8 @@ def _command_word(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 success, 1 not converged or some
-    frames failed, 2 bad input)."""
+    frames failed, 2 bad input, 130 interrupted by Ctrl-C before a command
+    could keep partial results)."""
     from crossfunctional.errors import CrossFunctionalError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CrossFunctionalError, OSError) as exc:
         print(f"crossfunctional: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # commands that keep partial results handle it themselves
+        print(f"crossfunctional {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
