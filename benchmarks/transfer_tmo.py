@@ -230,13 +230,14 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
     for method, runs in curves.items():
         if runs:
             n = min(len(r) for r in runs)
             ax.plot(range(n), 1000 * np.mean([r[:n] for r in runs], axis=0), label=f"Method {number[method]} ({method})")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation energy MAE (meV/atom), mean over folds")
+    ax.set_ylabel("validation energy MAE (meV/atom)")
+    ax.set_title("TMO frames, mean over the folds", fontsize=10)
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     save_figure(fig, args.output / "tmo_methods_curves.png")
