@@ -85,6 +85,9 @@ def test_sigint_during_md_keeps_the_frames(tmp_path):
         [sys.executable, "-m", "crossfunctional", "md", str(src), "-o", str(out), "--engine", "ase", "--steps", "100000",
          "--dump", "1", "--thermo", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        # a test run started in the background by a non-interactive shell ignores
+        # SIGINT, and children inherit that: give the child Ctrl-C back
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         first = proc.stdout.readline()  # printed just before the MD starts
