@@ -57,6 +57,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from ase.units import GPa  # noqa: E402
 
 from crossfunctional.data import data_path  # noqa: E402
 from crossfunctional.io import atomic_write, save_figure  # noqa: E402
@@ -65,7 +66,6 @@ from crossfunctional.transfer import fit_atomref, get_atomref, group_kfold, read
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "transfer"
 METHODS = ("scratch", "trainable-atomref", "frozen-atomref", "refit-atomref")
-GPA = 160.21766208  # eV/Å^3 -> GPa
 
 
 def load_frames():
@@ -95,7 +95,7 @@ def errors(records, predictions, seen: set[str]) -> dict[str, np.ndarray]:
     f = np.concatenate([np.abs(p["forces"] - r.forces).ravel() for r, p in zip(records, predictions)])
     from ase.stress import voigt_6_to_full_3x3_stress
 
-    s = np.concatenate([np.abs(voigt_6_to_full_3x3_stress(p["stress"]) - r.stress).ravel() * GPA
+    s = np.concatenate([np.abs(voigt_6_to_full_3x3_stress(p["stress"]) - r.stress).ravel() / GPa
                         for r, p in zip(records, predictions)])
     return {"energy": e, "forces": f, "stress": s, "seen": known}
 

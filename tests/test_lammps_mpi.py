@@ -139,6 +139,15 @@ def test_nve_thermo_equal_on_one_and_two_ranks(model64):
     assert abs(serial[-1]["PotEng"] - serial[0]["PotEng"]) > 0.1  # it moved
 
 
+def _thermo_row_and_dump(script: str, ranks: int, work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Run a ``run 0`` input; the step-0 thermo values (step left out) and the
+    rows of ``atoms.dump`` that it writes."""
+    proc = run_lmp(script, ranks, work, TIMEOUT)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    row = next(line for line in proc.stdout.splitlines() if line.split()[:1] == ["0"])
+    return np.array(row.split()[1:], dtype=float), np.loadtxt(work / "atoms.dump", skiprows=9)
+
+
 def test_hybrid_overlay_with_null_type_on_two_ranks(model64, tmp_path):
     """pair_style hybrid/overlay chgnet + zero with an Ar atom of a NULL type:
     2 ranks (exchange and gather) give the serial energy, pressure, forces
@@ -163,10 +172,7 @@ dump d all custom 1 atoms.dump id fx fy fz c_pe_atom
 dump_modify d sort id format float %.17g
 run 0 post no
 """
-        proc = run_lmp(script, ranks, work, TIMEOUT)
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
-        row = next(line for line in proc.stdout.splitlines() if line.split()[:1] == ["0"])
-        results[mode] = (np.array(row.split()[1:], dtype=float), np.loadtxt(work / "atoms.dump", skiprows=9))
+        results[mode] = _thermo_row_and_dump(script, ranks, work)
     thermo1, atoms1 = results[""]
     for mode in ("parallel exchange", "parallel gather"):
         thermo2, atoms2 = results[mode]
@@ -201,10 +207,7 @@ dump d all custom 1 atoms.dump id c_s[1] c_s[2] c_s[3] c_s[4] c_s[5] c_s[6] f_ma
 dump_modify d sort id format float %.17g
 run 0 post no
 """
-        proc = run_lmp(script, ranks, work, TIMEOUT)
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
-        row = next(line for line in proc.stdout.splitlines() if line.split()[:1] == ["0"])
-        dumps[ranks] = (np.array(row.split()[1:], dtype=float), np.loadtxt(work / "atoms.dump", skiprows=9))
+        dumps[ranks] = _thermo_row_and_dump(script, ranks, work)
     (thermo, ref), (_, got) = dumps[0], dumps[3]
     assert np.abs(ref[:, 1:7]).max() > 1e5 and np.abs(ref[:, 7]).max() > 1e-3  # bar * Å^3, muB: not vacuous
     assert np.abs(got[:, 1:7] - ref[:, 1:7]).max() / np.abs(ref[:, 1:7]).max() < TOL_GATHER
