@@ -129,6 +129,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
+    if not args.ours.is_file():
+        raise SystemExit(f"{args.ours} not found: run `crossfunctional benchmark stability` first, or pass --ours FILE")
     ours = json.loads(args.ours.read_text())
     records = load_stability_data()[: args.limit]
     missing = {r["material_id"] for r in records} - {c["material_id"] for c in ours["compounds"]}
