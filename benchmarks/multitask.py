@@ -99,7 +99,7 @@ def prepare(n_gga: int, seed: int, max_atoms: int = 8, family_size: int = 144, n
     from crossfunctional.transfer.data import read_json
     from crossfunctional.transfer.labels import label_with_model
 
-    records = [r for r in read_json(DATA, energy_key="corrected_energy") if r.n_atoms <= max_atoms]
+    records = [r for r in read_json(DATA, energy_key="corrected_energy", energy_per_atom=False) if r.n_atoms <= max_atoms]
     gga = [replace(r, forces=np.zeros((r.n_atoms, 3)), stress=np.zeros((3, 3)), magmoms=None) for r in records]
     family = chemical_family(gga, family_size)
     inside = [i for i, r in enumerate(gga) if set(r.atomic_numbers.tolist()) <= family]
@@ -169,7 +169,7 @@ def random_design(seed: int, max_atoms: int = 8, n_r2scan: int = 50, n_test: int
     from crossfunctional.transfer.labels import label_with_model
     from crossfunctional.transfer.finetune import evaluate
 
-    records = [r for r in read_json(DATA, energy_key="corrected_energy") if r.n_atoms <= max_atoms]
+    records = [r for r in read_json(DATA, energy_key="corrected_energy", energy_per_atom=False) if r.n_atoms <= max_atoms]
     order = np.random.default_rng(seed).permutation(len(records))
     train = [records[i] for i in order[:n_r2scan]]
     covered = {int(z) for r in train for z in r.atomic_numbers}

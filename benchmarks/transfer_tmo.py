@@ -65,7 +65,12 @@ from crossfunctional.transfer import fit_atomref, get_atomref, group_kfold, read
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "transfer"
-METHODS = ("scratch", "trainable-atomref", "frozen-atomref", "refit-atomref")
+METHODS = ("scratch", "trainable-atomref", "frozen-atomref", "refit-atomref", "refit-atomref-prior")
+#: paper method numbers; "refit-atomref-prior" is Method 4 with the AtomRef of
+#: ``fit_atomref_with_prior`` (base + MatPES elemental prior + ridge residual) instead of Eq. 2
+LABELS = {"scratch": "Method 1 (scratch)", "trainable-atomref": "Method 2 (trainable-atomref)",
+          "frozen-atomref": "Method 3 (frozen-atomref)", "refit-atomref": "Method 4 (refit-atomref, Eq. 2)",
+          "refit-atomref-prior": "Method 4, elemental-prior AtomRef"}
 
 
 def load_frames():
@@ -172,8 +177,9 @@ def main() -> int:
                 inner = group_kfold(train_all, k=5, seed=seed)[0]
                 train, val = [train_all[i] for i in inner[0]], [train_all[i] for i in inner[1]]
                 test = [crystals[i] for i in folds[f][1]]
+                prior = "matpes" if method == "refit-atomref-prior" else None
                 res = finetune(train, val, None, base="chgnet-0.3.0", output_dir=args.workdir / f"seed{seed}" / f"fold{f}" / method,
-                               method=method, epochs=args.epochs, batch_size=args.batch_size, seed=seed, targets="efs",
+                               method=method.removesuffix("-prior"), atomref_prior=prior, epochs=args.epochs, batch_size=args.batch_size, seed=seed, targets="efs",
                                progress=False, atomref_records=o2, allow_rank_deficient=True)
                 parts.append(errors(test, predict(test, str(res.torchscript)), seen[f]))
                 best.append(res.best_epoch)
@@ -211,7 +217,6 @@ def main() -> int:
     for name, m in zero_shot.items():
         lines.append(f"| {name} (no training) | {m['energy_mae_eV_per_atom']:.4f} | {m['energy_mae_seen_elements_eV_per_atom']:.4f} "
                      f"| {m['force_mae_eV_per_A']:.4f} | {m['stress_mae_GPa']:.3f} |")
-    number = {m: k + 1 for k, m in enumerate(METHODS)}
     for method, m in summary.items():
         def cell(k: str, digits: int) -> str:
             spread = "" if m[k]["std"] is None else f" ± {m[k]['std']:.{digits}f}"
@@ -220,7 +225,7 @@ def main() -> int:
         cells = [cell("energy_mae_eV_per_atom", 4), cell("energy_mae_seen_elements_eV_per_atom", 4),
                  cell("force_mae_eV_per_A", 4), cell("stress_mae_GPa", 3)]
         seeds = f"{len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}"
-        lines.append(f"| Method {number[method]} ({method}), fine-tuned from chgnet-0.3.0, {seeds} | " + " | ".join(cells) + " |")
+        lines.append(f"| {LABELS[method]}, fine-tuned from chgnet-0.3.0, {seeds} | " + " | ".join(cells) + " |")
     with atomic_write(args.output / "tmo_methods.md") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -234,7 +239,7 @@ def main() -> int:
     for method, runs in curves.items():
         if runs:
             n = min(len(r) for r in runs)
-            ax.plot(range(n), 1000 * np.mean([r[:n] for r in runs], axis=0), label=f"Method {number[method]} ({method})")
+            ax.plot(range(n), 1000 * np.mean([r[:n] for r in runs], axis=0), label=LABELS[method])
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation energy MAE (meV/atom)")
     ax.set_title("TMO frames, mean over the folds", fontsize=10)

@@ -382,6 +382,37 @@ def test_atomref_records_enter_only_the_atomref_fit(small_labelled, tmp_path):
     assert run["n_train"] == 8 and "atomref_data" in run
 
 
+def test_method_4_with_an_elemental_prior_freezes_the_prior_fit(small_labelled, tmp_path):
+    """Method 4 with ``atomref_prior``: the frozen AtomRef is base + prior +
+    ridge residual of :func:`fit_atomref_with_prior` on the training set, and
+    a finished run reloads with that fit."""
+    from crossfunctional.transfer.atomref import PriorAtomRefFit, fit_atomref_with_prior
+
+    train, val = small_labelled[:8], small_labelled[25:29]
+    res = finetune(train, val, None, base="chgnet-0.3.0", output_dir=tmp_path / "run", method="refit-atomref",
+                   epochs=1, batch_size=8, progress=False, atomref_prior="matpes")
+    want = fit_atomref_with_prior(train, base="chgnet-0.3.0", prior="matpes", seed=0)
+    assert isinstance(res.atomref_fit, PriorAtomRefFit)
+    np.testing.assert_allclose(res.atomref_fit.atomref, want.atomref, rtol=0, atol=1e-10)
+    eq2 = fit_atomref(train, source=get_atomref("chgnet-0.3.0"), allow_rank_deficient=True).atomref
+    assert np.abs(want.atomref - eq2).max() > 1e-2  # not the Eq. 2 fit
+    state = torch.load(res.checkpoint, weights_only=True)["model"]["state_dict"]
+    np.testing.assert_allclose(state["composition_model.fc.weight"].numpy().ravel(), want.atomref, atol=1e-5)
+    again = finetune(train, val, None, base="chgnet-0.3.0", output_dir=tmp_path / "run", method="refit-atomref",
+                     epochs=1, batch_size=8, progress=False, atomref_prior="matpes")
+    np.testing.assert_allclose(again.atomref_fit.atomref, want.atomref, atol=1e-12)
+    assert again.atomref_fit.alpha == want.alpha
+    with pytest.raises(TransferDataError, match="other settings"):  # the prior is part of a run's settings
+        finetune(train, val, None, base="chgnet-0.3.0", output_dir=tmp_path / "run", method="refit-atomref",
+                 epochs=1, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match="Method 4"):
+        finetune(train, val, None, base="chgnet-0.3.0", output_dir=tmp_path / "m3", method="frozen-atomref",
+                 progress=False, atomref_prior="matpes")
+    with pytest.raises(ValueError, match="unknown AtomRef prior"):
+        finetune(train, val, None, base="chgnet-0.3.0", output_dir=tmp_path / "m4", progress=False, atomref_prior="pbe")
+    assert not (tmp_path / "m3").exists() and not (tmp_path / "m4").exists()
+
+
 @pytest.mark.parametrize("method", ["scratch", "trainable-atomref", "frozen-atomref"])
 def test_methods_treat_atomref_and_network_as_specified(method, small_labelled, tmp_path):
     from crossfunctional.transfer import load_upstream
@@ -510,3 +541,7 @@ def test_cli_fit_correlate_and_scaling(small_labelled, tmp_path, capsys):
     assert (tmp_path / "ft" / "model.pt").is_file() and (tmp_path / "ft" / "model.pth.tar").is_file()
     assert main(["transfer", "fit-atomref", str(tmp_path / "missing.extxyz"), "-o", str(tmp_path / "x.json")]) == 2
     assert "not found" in capsys.readouterr().err
+    # the elemental-prior AtomRef belongs to Method 4: refused for another method before any training
+    assert main(["transfer", "finetune", str(small), "--split", "0.8", "0.2", "--split-by", "structure", "--method",
+                 "frozen-atomref", "--atomref-prior", "matpes", "--no-progress", "-o", str(tmp_path / "ft3")]) == 2
+    assert "Method 4" in capsys.readouterr().err and not (tmp_path / "ft3").exists()

@@ -123,8 +123,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from crossfunctional.transfer.finetune import finetune
 
     train, val, test = _splits(args)
+    prior = tuple(args.atomref_prior_elements) if args.atomref_prior_elements else args.atomref_prior
     result = finetune(train, val, test, base=args.base, output_dir=args.output, config=_config(args),
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, atomref_prior=prior)
     m = result.metrics
     print(f"{result.method}: best epoch {result.best_epoch}; {m['split']} MAEs: " + ", ".join(
         f"{k} {v:.4g}" for k, v in m.items() if k.endswith(("atom", "_A", "GPa", "muB"))
@@ -214,6 +215,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _training_options(t, with_test=True)
     t.add_argument("--method", default="refit-atomref", choices=list(METHODS),
                    help="; ".join(f"{k} (Method {m.number}): {m.description}" for k, m in METHODS.items()))
+    t.add_argument("--atomref-prior", choices=["matpes"], default=None,
+                   help="Method 4 only: refit the AtomRef as base + elemental prior + ridge fit of the residual "
+                   "instead of Eq. 2 ('matpes': the shipped MatPES r2SCAN - PBE elemental ground states)")
+    t.add_argument("--atomref-prior-elements", nargs=2, metavar=("SOURCE.json", "TARGET.json"), default=None,
+                   help="Method 4 only: the same with a prior from your own elemental calculations at both levels")
     t.add_argument("-o", "--output", required=True, help="run directory (resumed if it holds an unfinished run)")
     t.set_defaults(func=cmd_finetune)
 

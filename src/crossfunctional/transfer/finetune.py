@@ -11,7 +11,11 @@ Methods (by name, paper number in brackets):
 - ``frozen-atomref`` (3): pretrained network; the source AtomRef is frozen.
 - ``refit-atomref`` (4, default): pretrained network; AtomRef refitted to the
   target training data (Eq. 2), put in the upstream model's
-  ``composition_model`` (Eq. 3 re-referencing) and frozen.
+  ``composition_model`` (Eq. 3 re-referencing) and frozen. With
+  ``atomref_prior`` the refit is instead the base AtomRef plus an elemental
+  prior plus a ridge fit of the remaining error
+  (:func:`~crossfunctional.transfer.atomref.fit_atomref_with_prior`), which
+  needs far fewer compounds per element.
 
 Defaults are the paper's training scheme: Huber loss (chgnet's delta 0.1),
 energy:force:stress:magmom loss weights 3:1:0.1:1, Adam, learning rate 1e-3
@@ -49,7 +53,7 @@ import torch
 from crossfunctional.io import atomic_path, atomic_write
 from crossfunctional.models import ModelError
 from crossfunctional.models.checkpoints import read_model_dict, read_state
-from crossfunctional.transfer.atomref import AtomRefFit, fit_atomref, get_atomref
+from crossfunctional.transfer.atomref import AtomRefFit, PriorAtomRefFit, fit_atomref, fit_atomref_with_prior, get_atomref
 from crossfunctional.transfer.data import LabelledStructure, TransferDataError, check_records
 from crossfunctional.transfer.run import (
     UNITS,
@@ -130,7 +134,8 @@ class FinetuneResult:
         best_epoch: epoch of ``checkpoint``.
         metrics: MAEs of the exported model on the test set (or the
             validation set without one) in Table 1 units: meV/atom, meV/Å, GPa, μB.
-        atomref_fit: the Eq. 2 fit (methods 1 and 4).
+        atomref_fit: the Eq. 2 fit (methods 1 and 4), or the prior-based
+            fit of Method 4 with ``atomref_prior``.
     """
 
     output_dir: Path
@@ -141,7 +146,7 @@ class FinetuneResult:
     history: list[dict[str, float]]
     best_epoch: int
     metrics: dict[str, Any]
-    atomref_fit: AtomRefFit | None = None
+    atomref_fit: AtomRefFit | PriorAtomRefFit | None = None
     resumed_from_epoch: int = 0
 
     @property
@@ -313,6 +318,7 @@ def finetune(
     progress: bool = True,
     resume: bool = True,
     atomref_records: Sequence[LabelledStructure] = (),
+    atomref_prior: Any = None,
     **overrides: Any,
 ) -> FinetuneResult:
     """Transfer ``base`` to the labels of ``train`` with one of the four methods.
@@ -332,6 +338,14 @@ def finetune(
             instance an isolated O2 molecule that pins the oxygen reference
             when every training crystal is an oxide. Never trained on, never
             scored.
+        atomref_prior: Method 4 only. None (default): the AtomRef is the Eq. 2
+            fit of the labels. Otherwise the prior of
+            :func:`~crossfunctional.transfer.atomref.fit_atomref_with_prior`
+            (``"matpes"``, a [94] array in eV/atom, or a ``(source, target)``
+            pair of elemental reference files): the AtomRef becomes the base
+            model's AtomRef + prior + a ridge fit (penalty by 5-fold
+            cross-validation) of the base model's remaining per-atom error on
+            ``train`` and ``atomref_records``.
 
     Returns:
         :class:`FinetuneResult` with the checkpoint, TorchScript file, history
@@ -349,6 +363,8 @@ def finetune(
     config = FinetuneConfig.with_overrides(config, overrides, "finetune")
     config.check()
     method = METHODS[config.method]
+    if atomref_prior is not None and config.method != "refit-atomref":
+        raise ConfigError(f"atomref_prior refits the AtomRef of Method 4 (refit-atomref), not of {config.method}")
     if test is not None and len(test) == 0:
         raise TransferDataError("test set is empty (pass test=None to report validation metrics instead)")
     targets = _targets_for(train, val, test, config.targets)
@@ -368,10 +384,12 @@ def finetune(
     }
     if atomref_records:
         settings["atomref_data"] = fingerprint(atomref_records)
+    if atomref_prior is not None:
+        settings["atomref_prior"] = _describe_prior(atomref_prior)
     previous = None
     if run_file.is_file():
         previous = json.loads(run_file.read_text())
-        same = all(previous.get(k) == settings.get(k) for k in ("method", "base", "config", "targets", "data", "atomref_data"))
+        same = all(previous.get(k) == settings.get(k) for k in ("method", "base", "config", "targets", "data", "atomref_data", "atomref_prior"))
         if not resume:
             raise TransferDataError(f"{out} already holds a run; use another output directory or resume")
         if not same:
@@ -385,7 +403,9 @@ def finetune(
     upstream, model_dict = load_upstream(base)
     source_atomref = get_atomref(upstream)
     fit = None
-    if method.atomref == "fit":
+    if atomref_prior is not None:
+        fit = fit_atomref_with_prior([*train, *atomref_records], base=str(base), prior=atomref_prior, seed=config.seed)
+    elif method.atomref == "fit":
         fit = fit_atomref([*train, *atomref_records], source=source_atomref, allow_rank_deficient=config.allow_rank_deficient)
         fit.source = str(base)
     elements_train = {el for r in train for el in r.structure.composition.chemical_system.split("-")}
@@ -575,10 +595,33 @@ def _export(checkpoint: Path, path: Path, name: str) -> Path:
     return export(model, path)
 
 
+def _describe_prior(prior: Any) -> str:
+    """A stable description of an ``atomref_prior`` for ``run.json`` (a resumed run must use the same prior)."""
+    import hashlib
+
+    if isinstance(prior, str):
+        if prior != "matpes":
+            raise ConfigError(f"unknown AtomRef prior {prior!r}; use 'matpes', a [94] array or a (source, target) pair of files")
+        return "matpes"
+    if isinstance(prior, tuple) and len(prior) == 2:
+        digests = [hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16] for p in prior]
+        return f"elements {prior[0]} ({digests[0]}) -> {prior[1]} ({digests[1]})"
+    arr = np.ascontiguousarray(np.asarray(prior, dtype=float))
+    return f"array sha256 {hashlib.sha256(arr.tobytes()).hexdigest()[:16]}"
+
+
 def _load_result(out: Path, settings: dict[str, Any]) -> FinetuneResult:
     metrics = json.loads((out / "metrics.json").read_text())
     fit = None
-    if (out / "atomref.json").is_file():
+    if (out / "atomref.json").is_file() and "prior" in (d := json.loads((out / "atomref.json").read_text())):
+        fit = PriorAtomRefFit(
+            atomref=get_atomref(d["atomref"]), base_atomref=get_atomref(d["base_atomref"]), prior=get_atomref(d["prior"]),
+            residual=get_atomref(d["residual"]), alpha=float(d["alpha"]),
+            cv_mae={float(a): v for a, v in d["cv_mae_eV_per_atom"].items()}, fitted_elements=d["fitted_elements"],
+            no_prior_elements=d["no_prior_elements"], n_structures=d["n_structures"],
+            residual_mae=d["residual_mae_eV_per_atom"], base=d["base"],
+        )
+    elif (out / "atomref.json").is_file():
         d = json.loads((out / "atomref.json").read_text())
         fit = AtomRefFit(
             atomref=get_atomref(d["atomref"]), fitted_elements=d["fitted_elements"], kept_from_source=d["kept_from_source"],
