@@ -94,25 +94,40 @@ class CompiledRunner:
     ``recompute_threshold`` edges plus angles (block-by-block memory-lean
     gradient) and energy-only calls go to the TorchScript runner.
 
+    With ``mode="aot"`` the same function (and its gradient) is compiled
+    ahead of time into a package that is cached on disk for this machine,
+    model, dtype and torch version (:mod:`crossfunctional.calculators.aot`):
+    the first process compiles (about a minute), later ones load it in
+    seconds; no C++ compiler is needed once the package exists.
+
     Args:
         model: an eager :class:`crossfunctional.models.CHGNet` (not a
-            TorchScript module: ``torch.compile`` needs the Python code).
+            TorchScript module: compilation needs the Python code).
         script: the TorchScript version of ``model`` (:func:`scripted`).
+        mode: ``"jit"`` (``torch.compile`` in this process) or ``"aot"``.
 
     Raises:
         ValueError: ``model`` is a TorchScript module.
     """
 
-    def __init__(self, model: torch.nn.Module, script: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, script: torch.nn.Module, mode: str = "jit") -> None:
         if isinstance(model, torch.jit.ScriptModule):
             raise ModelError(
-                "compile=True needs the model's Python code (a registered name or a chgnet checkpoint), "
+                "compile needs the model's Python code (a registered name or a chgnet checkpoint), "
                 "not a TorchScript file"
             )
+        if mode not in ("jit", "aot"):
+            raise ValueError(f"compile mode must be 'jit' or 'aot', got {mode!r}")
         self.model = model
         self.script = script
+        self.mode = mode
         self.atom_graph_cutoff = float(model.atom_graph_cutoff)
-        self._network = torch.compile(self._site_energies, dynamic=True)
+        if mode == "aot":
+            from crossfunctional.calculators.aot import load_or_compile
+
+            self._package = load_or_compile(model, script)
+        else:
+            self._network = torch.compile(self._site_energies, dynamic=True)
 
     def _site_energies(self, atomic_numbers: torch.Tensor, graph, vectors: torch.Tensor):
         return self.model.network(atomic_numbers, self.model.with_geometry(graph, vectors))
@@ -150,6 +165,8 @@ class CompiledRunner:
         if min(sizes) < 2 or graph.center.shape[0] + graph.angle.shape[0] > self.recompute_threshold:
             with torch.jit.optimized_execution(False):
                 return self.script(atomic_numbers, edge_index, edge_shifts, vectors, True)
+        if self.mode == "aot":
+            return self._package(atomic_numbers, vectors, *graph)
         vectors.requires_grad_(True)
         with _aten_scatter(vectors.device):
             site_energies, magmoms = self._network(atomic_numbers, graph, vectors)
@@ -237,10 +254,13 @@ class CrossFunctionalCalculator(Calculator):
             Si) on one thread, since small systems gain nothing from more and
             lose much when a core is busy, and larger ones on torch's
             thread count; an integer fixes it; None leaves torch's setting.
-        compile: run the network through ``torch.compile``
-            (:class:`CompiledRunner`): faster per call (``benchmarks/results/``), after a
-            one-time compilation of one to three minutes per process; for
-            long MD runs, relaxations and screening, not single points.
+        compile: False (TorchScript), True or ``"jit"``: the network through
+            ``torch.compile`` (:class:`CompiledRunner`), faster per call
+            (``benchmarks/results/``) after a compilation of one to three
+            minutes in every process; ``"aot"``: compiled ahead of time once
+            per machine and model and cached on disk
+            (:mod:`crossfunctional.calculators.aot`), so only the first
+            process waits. For long MD runs, relaxations and screening.
         dispersion: None (default: the models were trained without
             dispersion), ``"d3bj"``, ``"d4"``, ``"d3bj-atm"`` or ``"d4-atm"``:
             add Grimme's D3(BJ) or D4 correction (two-body, or with the ATM
@@ -299,7 +319,7 @@ class CrossFunctionalCalculator(Calculator):
         task: str | None = None,
         recompute_threshold: int = 500_000,
         retain_memory: bool = True,
-        compile: bool = False,
+        compile: bool | str = False,
         threads: int | str | None = "auto",
         dispersion: str | None = None,
         dispersion_functional: str | None = None,
@@ -312,12 +332,15 @@ class CrossFunctionalCalculator(Calculator):
             raise TypeError(
                 f"CrossFunctionalCalculator() got unknown keyword argument(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
             )
+        if compile not in (False, True, "jit", "aot"):
+            raise ValueError(f"compile must be False, True, 'jit' or 'aot', got {compile!r}")
+        mode = "aot" if compile == "aot" else "jit"
         if not (threads is None or threads == "auto" or (isinstance(threads, int) and threads >= 1)):
             raise TypeError(f"threads must be 'auto', a positive integer or None, got {threads!r}")
         super().__init__(**kwargs)
         self._settings = {"model": model, "device": str(device), "dtype": None if dtype is None else str(dtype).replace("torch.", ""),
                           "task": task, "recompute_threshold": int(recompute_threshold), "retain_memory": bool(retain_memory),
-                          "compile": bool(compile), "threads": threads, "dispersion": dispersion,
+                          "compile": compile if compile == "aot" else bool(compile), "threads": threads, "dispersion": dispersion,
                           "dispersion_functional": dispersion_functional}
         self._lock = threading.RLock()
         self.threads = threads
@@ -327,12 +350,12 @@ class CrossFunctionalCalculator(Calculator):
             if task is not None:
                 raise ModelError("task= selects the channel of a multi-task model file; a loaded module has one task already")
             self.model = model
-            self.runner = CompiledRunner(model, scripted(model)) if compile else model
+            self.runner = CompiledRunner(model, scripted(model), mode) if compile else model
         else:
             self.model = load_model(model, device=device, dtype=dtype, task=task)
             script = scripted(self.model)
             script.recompute_threshold = int(recompute_threshold)
-            self.runner = CompiledRunner(self.model, script) if compile else script
+            self.runner = CompiledRunner(self.model, script, mode) if compile else script
         param = next(iter(self.model.parameters()))
         self.device = param.device
         self.dtype = param.dtype

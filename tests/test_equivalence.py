@@ -28,6 +28,7 @@ strained (up to 3 %); ``benchmarks/equivalence.py`` runs all 972.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -233,6 +234,68 @@ def test_site_energies(name, wbm, upstream_models, our_calcs):
         # the AtomRef is part of every site energy: they differ between elements
         # by far more than the network part does (checked against upstream above)
         assert abs(energies.sum() / len(atoms) - ref["energy"]) < TOLERANCES["energy"]
+
+
+def test_aot_runner_matches_upstream_and_is_cached(wbm, upstream_models64, our_models, tmp_path, monkeypatch, caplog):
+    """``compile="aot"`` (the network and its gradient compiled ahead of time,
+    dynamic sizes, float32) against upstream in float64 at the float32
+    tolerances on WBM structures of several sizes and Si 64. The package is
+    cached: a second calculator loads it without compiling and gives the same
+    numbers; a package whose key does not match (another machine's, say) is
+    never loaded but compiled again; a TorchScript file is refused."""
+    import crossfunctional.calculators.aot as aot
+    from crossfunctional.calculators import CrossFunctionalCalculator
+    from crossfunctional.models import ModelError, export
+    from conftest import ours_predict, upstream_predict, deviations
+
+    monkeypatch.setenv("CROSSFUNCTIONAL_CACHE_DIR", str(tmp_path / "cache"))
+    name = "chgnet-r2scan"
+    with caplog.at_level("WARNING", logger="crossfunctional.calculators.aot"):
+        calc = CrossFunctionalCalculator(our_models[(name, "float32")], compile="aot")
+    assert "compiling the network ahead of time" in caplog.text and "compiled in" in caplog.text
+    packages = sorted((tmp_path / "cache" / "aot").glob("*.pt2"))
+    assert len(packages) == 1 and packages[0].with_suffix(".json").is_file()
+    calls = []
+    package = calc.runner._package
+    calc.runner._package = lambda *args: calls.append(1) or package(*args)
+    rng = np.random.default_rng(13)
+    cases = [(mid, perturbed(atoms, rng)) for mid, atoms in wbm(4, seed=13)]
+    si = bulk("Si", "diamond", a=5.43, cubic=True) * 2
+    si.rattle(0.02, seed=3)
+    cases += [("Si64", si), ("Cu, one atom", perturbed(bulk("Cu"), rng))]
+    results = [(label, deviations(upstream_predict(upstream_models64[name], atoms), ours_predict(calc, atoms)))
+               for label, atoms in cases]
+    _assert_all_within(results, TOLERANCES)
+    # every graph with at least two atoms, bonds, short bonds and angles ran the package (the others: TorchScript)
+    from crossfunctional.models import Graph
+    from crossfunctional.neighbors import neighbor_list
+
+    def compiled_sizes(atoms):
+        z, ei, sh, vec = neighbor_list(atoms, calc.cutoff).to_torch(calc.device, calc.dtype)
+        g = Graph(*calc.runner.script.build_graph(ei, sh, vec, z.shape[0]))
+        return min(z.shape[0], g.bond_length.shape[0], g.short_bonds.shape[0], g.angle.shape[0]) >= 2
+
+    expected = [compiled_sizes(atoms) for _, atoms in cases]
+    assert len(calls) == sum(expected) and sum(expected) >= 4 and not expected[-1]
+
+    def no_compiler(*args):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(aot, "_compile", no_compiler)
+    again = CrossFunctionalCalculator(our_models[(name, "float32")], compile="aot")
+    a, b = ours_predict(calc, si), ours_predict(again, si)
+    assert a["energy"] == b["energy"] and np.array_equal(a["forces"], b["forces"])
+    # a key that does not match this model and machine: compiled again, never loaded
+    meta = packages[0].with_suffix(".json")
+    key = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**key, "instruction_set": "cpu AVX512 of another machine"}))
+    with caplog.at_level("WARNING", logger="crossfunctional.calculators.aot"), pytest.raises(ModelError, match="compiled again"):
+        CrossFunctionalCalculator(our_models[(name, "float32")], compile="aot")
+    assert "instruction_set cpu AVX512 of another machine" in caplog.text
+    with pytest.raises(ModelError, match="TorchScript"):
+        CrossFunctionalCalculator(str(export(our_models[(name, "float32")], tmp_path / "m.pt")), compile="aot")
+    with pytest.raises(ValueError, match="compile must be"):
+        CrossFunctionalCalculator(name, compile="fast")
 
 
 def test_compiled_runner_matches_upstream(wbm, upstream_models64, our_models):
