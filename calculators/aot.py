@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 #: bump when the traced function or its inputs change
 AOT_FORMAT = 1
 
+#: packages loaded in this process, by path
+_LOADED: dict[str, Any] = {}
+
 
 def cache_dir() -> Path:
     """Folder of the compiled artefacts (see the module docstring)."""
@@ -195,8 +198,11 @@ def load_or_compile(model: torch.nn.Module, script: torch.nn.Module) -> Any:
         with atomic_write(meta) as fh:
             json.dump(key, fh, indent=1)
         log.warning("compiled in %.0f s: %s", time.perf_counter() - t0, path)
+        _LOADED[str(path)] = package
         return package
-    return aoti_load_package(str(path))
+    if str(path) not in _LOADED:  # one loaded copy per process
+        _LOADED[str(path)] = aoti_load_package(str(path))
+    return _LOADED[str(path)]
 
 
 __all__ = ["AOT_FORMAT", "artefact_key", "cache_dir", "load_or_compile"]

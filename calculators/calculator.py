@@ -228,6 +228,30 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def aot_by_default() -> bool:
+    """Whether ``compile="auto"`` may use the ahead-of-time compiled network:
+    yes unless the environment variable ``CROSSFUNCTIONAL_COMPILE`` is
+    ``off`` (or ``0``, ``false``, ``no``)."""
+    return os.environ.get("CROSSFUNCTIONAL_COMPILE", "").strip().lower() not in ("off", "0", "false", "no")
+
+
+def _runner(model: torch.nn.Module, script: torch.nn.Module, compile: bool | str):
+    """The runner of a model the calculator loaded itself (see ``compile`` of
+    :class:`CrossFunctionalCalculator`)."""
+    if compile == "auto":
+        device = next(iter(model.parameters())).device
+        if isinstance(model, torch.jit.ScriptModule) or device.type != "cpu" or not aot_by_default():
+            return script
+        try:
+            return CompiledRunner(model, script, "aot")
+        except ModelError as exc:
+            log.warning("%s; running the TorchScript model instead", str(exc).removesuffix("; use compile=False"))
+            return script
+    if compile:
+        return CompiledRunner(model, script, "aot" if compile == "aot" else "jit")
+    return script
+
+
 class CrossFunctionalCalculator(Calculator):
     """ASE calculator running a crossfunctional model (TorchScript CHGNet).
 
@@ -254,13 +278,20 @@ class CrossFunctionalCalculator(Calculator):
             Si) on one thread, since small systems gain nothing from more and
             lose much when a core is busy, and larger ones on torch's
             thread count; an integer fixes it; None leaves torch's setting.
-        compile: False (TorchScript), True or ``"jit"``: the network through
-            ``torch.compile`` (:class:`CompiledRunner`), faster per call
-            (``benchmarks/results/``) after a compilation of one to three
-            minutes in every process; ``"aot"``: compiled ahead of time once
-            per machine and model and cached on disk
-            (:mod:`crossfunctional.calculators.aot`), so only the first
-            process waits. For long MD runs, relaxations and screening.
+        compile: ``"auto"`` (default): on CPU, a model the calculator loads
+            itself from its Python code (a registered name or a chgnet
+            checkpoint) runs compiled ahead of time (``"aot"``), unless the
+            environment variable ``CROSSFUNCTIONAL_COMPILE=off``; TorchScript
+            files, modules passed in, CUDA devices and a failed compilation
+            (a warning says why) run TorchScript. ``"aot"``: the network and
+            its gradient compiled once per machine, model, dtype and torch
+            version and cached on disk
+            (:mod:`crossfunctional.calculators.aot`): the first process
+            compiles (about a minute, stated in a log message), later ones
+            load the package in about a second; 1.2-1.8x faster per call
+            than TorchScript (``benchmarks/results/``). False: TorchScript.
+            True or ``"jit"``: ``torch.compile`` in every process (one to
+            three minutes each).
         dispersion: None (default: the models were trained without
             dispersion), ``"d3bj"``, ``"d4"``, ``"d3bj-atm"`` or ``"d4-atm"``:
             add Grimme's D3(BJ) or D4 correction (two-body, or with the ATM
@@ -281,9 +312,10 @@ class CrossFunctionalCalculator(Calculator):
     ``dispersion_energy`` (eV) holds its share of the energy.
 
     ``model`` is the module as loaded; ``runner`` the one evaluated: a model
-    the calculator loads itself runs as TorchScript (:func:`scripted`), or
-    with ``compile=True`` as a :class:`CompiledRunner`; a module passed in
-    runs as it is (or compiled, with ``compile=True``).
+    the calculator loads itself runs as a :class:`CompiledRunner` (compiled
+    ahead of time, or with ``torch.compile``) or as TorchScript
+    (:func:`scripted`) as ``compile`` says; a module passed in runs as it is
+    (or compiled, with ``compile=True`` or ``"aot"``).
 
     The calculator accepts pymatgen ``Structure``/``Molecule`` objects as well
     as Atoms (converted with ``AseAtomsAdaptor``), is safe to share between
@@ -297,7 +329,9 @@ class CrossFunctionalCalculator(Calculator):
         crossfunctional.models.ModelError: unknown model or unreadable file; a
             multi-task checkpoint without ``task``, an unknown task (the message
             names the available ones), or ``task`` for a single-task model.
-        ValueError: ``compile=True`` with a TorchScript module or file.
+        ValueError: an unknown ``compile``; ``compile=True`` or ``"aot"`` with
+            a TorchScript module or file; a failed ahead-of-time compilation
+            with ``compile="aot"``.
         crossfunctional.calculators.dispersion.DispersionError: unknown
             ``dispersion``, ``dftd3``/``dftd4`` not installed, a functional
             without parameters, or a model whose functional is unknown and no
@@ -319,7 +353,7 @@ class CrossFunctionalCalculator(Calculator):
         task: str | None = None,
         recompute_threshold: int = 500_000,
         retain_memory: bool = True,
-        compile: bool | str = False,
+        compile: bool | str = "auto",
         threads: int | str | None = "auto",
         dispersion: str | None = None,
         dispersion_functional: str | None = None,
@@ -332,15 +366,14 @@ class CrossFunctionalCalculator(Calculator):
             raise TypeError(
                 f"CrossFunctionalCalculator() got unknown keyword argument(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
             )
-        if compile not in (False, True, "jit", "aot"):
-            raise ValueError(f"compile must be False, True, 'jit' or 'aot', got {compile!r}")
-        mode = "aot" if compile == "aot" else "jit"
+        if compile not in (False, True, "jit", "aot", "auto"):
+            raise ValueError(f"compile must be 'auto', False, True, 'jit' or 'aot', got {compile!r}")
         if not (threads is None or threads == "auto" or (isinstance(threads, int) and threads >= 1)):
             raise TypeError(f"threads must be 'auto', a positive integer or None, got {threads!r}")
         super().__init__(**kwargs)
         self._settings = {"model": model, "device": str(device), "dtype": None if dtype is None else str(dtype).replace("torch.", ""),
                           "task": task, "recompute_threshold": int(recompute_threshold), "retain_memory": bool(retain_memory),
-                          "compile": compile if compile == "aot" else bool(compile), "threads": threads, "dispersion": dispersion,
+                          "compile": compile if isinstance(compile, str) else bool(compile), "threads": threads, "dispersion": dispersion,
                           "dispersion_functional": dispersion_functional}
         self._lock = threading.RLock()
         self.threads = threads
@@ -350,12 +383,13 @@ class CrossFunctionalCalculator(Calculator):
             if task is not None:
                 raise ModelError("task= selects the channel of a multi-task model file; a loaded module has one task already")
             self.model = model
-            self.runner = CompiledRunner(model, scripted(model), mode) if compile else model
+            explicit = compile if compile != "auto" else False  # a module passed in runs as it is unless asked
+            self.runner = CompiledRunner(model, scripted(model), "aot" if explicit == "aot" else "jit") if explicit else model
         else:
             self.model = load_model(model, device=device, dtype=dtype, task=task)
             script = scripted(self.model)
             script.recompute_threshold = int(recompute_threshold)
-            self.runner = CompiledRunner(self.model, script, mode) if compile else script
+            self.runner = _runner(self.model, script, compile)
         param = next(iter(self.model.parameters()))
         self.device = param.device
         self.dtype = param.dtype

@@ -53,6 +53,12 @@ from crossfunctional.data import data_path
 # Many tiny kernels: one thread is faster than two when other jobs share the cores.
 torch.set_num_threads(1)
 
+# The calculator's default (compile="auto") compiles the network ahead of time once per model
+# and dtype; the suite runs TorchScript instead, in this process and in the commands it starts,
+# so that the LAMMPS and CLI comparisons put the same runner on both sides. The compiled path
+# and the default's choice are tested explicitly (tests/test_equivalence.py).
+os.environ["CROSSFUNCTIONAL_COMPILE"] = "off"
+
 REPO = Path(__file__).resolve().parents[1]
 WBM_FILE = data_path("wbm_random_pbe_equilibrium.json.gz")
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -236,25 +237,57 @@ def test_site_energies(name, wbm, upstream_models, our_calcs):
         assert abs(energies.sum() / len(atoms) - ref["energy"]) < TOLERANCES["energy"]
 
 
-def test_aot_runner_matches_upstream_and_is_cached(wbm, upstream_models64, our_models, tmp_path, monkeypatch, caplog):
+@pytest.fixture(scope="module")
+def aot_cache(tmp_path_factory, our_models):
+    """(cache folder holding the ahead-of-time package of chgnet-r2scan in
+    float32, the log messages of its compilation), compiled once per module."""
+    from crossfunctional.calculators import CrossFunctionalCalculator
+
+    folder = tmp_path_factory.mktemp("aot_cache")
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("crossfunctional.calculators.aot")
+    logger.addHandler(handler)
+    old = os.environ.get("CROSSFUNCTIONAL_CACHE_DIR")
+    os.environ["CROSSFUNCTIONAL_CACHE_DIR"] = str(folder)
+    try:
+        CrossFunctionalCalculator(our_models[("chgnet-r2scan", "float32")], compile="aot")
+    finally:
+        logger.removeHandler(handler)
+        if old is None:
+            del os.environ["CROSSFUNCTIONAL_CACHE_DIR"]
+        else:
+            os.environ["CROSSFUNCTIONAL_CACHE_DIR"] = old
+    return folder, messages
+
+
+def test_aot_runner_matches_upstream_and_is_cached(aot_cache, wbm, upstream_models64, our_models, tmp_path, monkeypatch, caplog):
     """``compile="aot"`` (the network and its gradient compiled ahead of time,
     dynamic sizes, float32) against upstream in float64 at the float32
     tolerances on WBM structures of several sizes and Si 64. The package is
-    cached: a second calculator loads it without compiling and gives the same
+    cached: later calculators load it without compiling and give the same
     numbers; a package whose key does not match (another machine's, say) is
     never loaded but compiled again; a TorchScript file is refused."""
     import crossfunctional.calculators.aot as aot
     from crossfunctional.calculators import CrossFunctionalCalculator
-    from crossfunctional.models import ModelError, export
+    from crossfunctional.models import Graph, ModelError, export
+    from crossfunctional.neighbors import neighbor_list
     from conftest import ours_predict, upstream_predict, deviations
 
-    monkeypatch.setenv("CROSSFUNCTIONAL_CACHE_DIR", str(tmp_path / "cache"))
-    name = "chgnet-r2scan"
-    with caplog.at_level("WARNING", logger="crossfunctional.calculators.aot"):
-        calc = CrossFunctionalCalculator(our_models[(name, "float32")], compile="aot")
-    assert "compiling the network ahead of time" in caplog.text and "compiled in" in caplog.text
-    packages = sorted((tmp_path / "cache" / "aot").glob("*.pt2"))
+    folder, messages = aot_cache
+    assert any("compiling the network ahead of time" in m for m in messages)
+    assert any(m.startswith("compiled in") for m in messages)
+    packages = sorted((folder / "aot").glob("*.pt2"))
     assert len(packages) == 1 and packages[0].with_suffix(".json").is_file()
+
+    def no_compiler(*args):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(aot, "_compile", no_compiler)
+    monkeypatch.setenv("CROSSFUNCTIONAL_CACHE_DIR", str(folder))
+    name = "chgnet-r2scan"
+    calc = CrossFunctionalCalculator(our_models[(name, "float32")], compile="aot")
     calls = []
     package = calc.runner._package
     calc.runner._package = lambda *args: calls.append(1) or package(*args)
@@ -266,10 +299,8 @@ def test_aot_runner_matches_upstream_and_is_cached(wbm, upstream_models64, our_m
     results = [(label, deviations(upstream_predict(upstream_models64[name], atoms), ours_predict(calc, atoms)))
                for label, atoms in cases]
     _assert_all_within(results, TOLERANCES)
-    # every graph with at least two atoms, bonds, short bonds and angles ran the package (the others: TorchScript)
-    from crossfunctional.models import Graph
-    from crossfunctional.neighbors import neighbor_list
 
+    # every graph with at least two atoms, bonds, short bonds and angles ran the package (the others: TorchScript)
     def compiled_sizes(atoms):
         z, ei, sh, vec = neighbor_list(atoms, calc.cutoff).to_torch(calc.device, calc.dtype)
         g = Graph(*calc.runner.script.build_graph(ei, sh, vec, z.shape[0]))
@@ -277,14 +308,11 @@ def test_aot_runner_matches_upstream_and_is_cached(wbm, upstream_models64, our_m
 
     expected = [compiled_sizes(atoms) for _, atoms in cases]
     assert len(calls) == sum(expected) and sum(expected) >= 4 and not expected[-1]
+    # and it agrees with the TorchScript runner to float32 rounding
+    a, b = ours_predict(calc, si), ours_predict(CrossFunctionalCalculator(our_models[(name, "float32")], compile=False), si)
+    assert abs(a["energy"] - b["energy"]) < 1e-4
+    np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-4, rtol=0)
 
-    def no_compiler(*args):
-        raise AssertionError("compiled again")
-
-    monkeypatch.setattr(aot, "_compile", no_compiler)
-    again = CrossFunctionalCalculator(our_models[(name, "float32")], compile="aot")
-    a, b = ours_predict(calc, si), ours_predict(again, si)
-    assert a["energy"] == b["energy"] and np.array_equal(a["forces"], b["forces"])
     # a key that does not match this model and machine: compiled again, never loaded
     meta = packages[0].with_suffix(".json")
     key = json.loads(meta.read_text())
@@ -292,10 +320,54 @@ def test_aot_runner_matches_upstream_and_is_cached(wbm, upstream_models64, our_m
     with caplog.at_level("WARNING", logger="crossfunctional.calculators.aot"), pytest.raises(ModelError, match="compiled again"):
         CrossFunctionalCalculator(our_models[(name, "float32")], compile="aot")
     assert "instruction_set cpu AVX512 of another machine" in caplog.text
+    meta.write_text(json.dumps(key))
     with pytest.raises(ModelError, match="TorchScript"):
         CrossFunctionalCalculator(str(export(our_models[(name, "float32")], tmp_path / "m.pt")), compile="aot")
     with pytest.raises(ValueError, match="compile must be"):
         CrossFunctionalCalculator(name, compile="fast")
+
+
+def test_default_calculator_runs_the_cached_package(aot_cache, monkeypatch, tmp_path, caplog):
+    """``compile="auto"`` (the default): a registered model on CPU runs the
+    ahead-of-time package from the cache (same numbers as ``compile="aot"``);
+    ``CROSSFUNCTIONAL_COMPILE=off`` and TorchScript files run TorchScript;
+    a compilation that fails falls back to TorchScript with a warning."""
+    import torch
+
+    import crossfunctional.calculators.aot as aot
+    from crossfunctional.calculators import CrossFunctionalCalculator
+    from crossfunctional.calculators.calculator import CompiledRunner
+    from conftest import ours_predict
+
+    from crossfunctional.models import export
+
+    folder, _ = aot_cache
+    monkeypatch.setenv("CROSSFUNCTIONAL_CACHE_DIR", str(folder))
+    monkeypatch.delenv("CROSSFUNCTIONAL_COMPILE")
+
+    def no_compiler(*args):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(aot, "_compile", no_compiler)
+    calc = CrossFunctionalCalculator("chgnet-r2scan")
+    assert isinstance(calc.runner, CompiledRunner) and calc.runner.mode == "aot"
+    assert calc.todict()["compile"] == "auto"
+    si = bulk("Si", "diamond", a=5.43, cubic=True) * 2
+    si.rattle(0.02, seed=4)
+    a = ours_predict(calc, si)
+    b = ours_predict(CrossFunctionalCalculator("chgnet-r2scan", compile="aot"), si)
+    assert a["energy"] == b["energy"] and np.array_equal(a["forces"], b["forces"])
+    monkeypatch.setenv("CROSSFUNCTIONAL_COMPILE", "off")
+    assert isinstance(CrossFunctionalCalculator("chgnet-r2scan").runner, torch.jit.ScriptModule)
+    monkeypatch.delenv("CROSSFUNCTIONAL_COMPILE")
+    # float64 has no package in the cache: its compilation fails here, so TorchScript runs
+    with caplog.at_level("WARNING", logger="crossfunctional.calculators.calculator"):
+        calc64 = CrossFunctionalCalculator("chgnet-r2scan", dtype="float64")
+    assert isinstance(calc64.runner, torch.jit.ScriptModule)
+    assert "no C++ compiler here" in caplog.text and "running the TorchScript model instead" in caplog.text
+    assert not list((folder / "aot").glob("*.tmp*"))  # nothing half-written
+    pt = export("chgnet-r2scan", tmp_path / "m.pt")
+    assert isinstance(CrossFunctionalCalculator(str(pt)).runner, torch.jit.ScriptModule)
 
 
 def test_compiled_runner_matches_upstream(wbm, upstream_models64, our_models):
