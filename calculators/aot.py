@@ -139,7 +139,7 @@ def _check(package: Any, model: torch.nn.Module, script: torch.nn.Module) -> Non
                          f"(tolerance {tol:g}); use compile=False")
 
 
-def load_or_compile(model: torch.nn.Module, script: torch.nn.Module) -> Any:
+def load_or_compile(model: torch.nn.Module, script: torch.nn.Module, retry_failed: bool = True) -> Any:
     """The compiled network of ``model`` for this machine: loaded from the
     cache, or compiled (once, stating how long it took) and cached.
 
@@ -147,6 +147,10 @@ def load_or_compile(model: torch.nn.Module, script: torch.nn.Module) -> Any:
         model: eager :class:`crossfunctional.models.CHGNet` on its device and dtype.
         script: its TorchScript version (graph construction, and the reference
             the new package is checked against).
+        retry_failed: compile even if a compilation of this key failed
+            before (a ``.failed`` file in the cache records why); False: raise
+            at once instead, so that the default calculator does not spend a
+            minute on every start of a machine where compiling fails.
 
     Returns:
         a callable (z [N], vectors [E, 3], *graph) -> (site energies [N],
@@ -165,7 +169,7 @@ def load_or_compile(model: torch.nn.Module, script: torch.nn.Module) -> Any:
     key = artefact_key(model)
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     folder = cache_dir()
-    path, meta = folder / f"{name}.pt2", folder / f"{name}.json"
+    path, meta, failed = folder / f"{name}.pt2", folder / f"{name}.json", folder / f"{name}.failed"
     stored = None
     if path.is_file() and meta.is_file():
         try:
@@ -178,23 +182,26 @@ def load_or_compile(model: torch.nn.Module, script: torch.nn.Module) -> Any:
                         ", ".join(f"{k} {stored.get(k)}" for k in key if stored.get(k) != key[k]))
             stored = None
     if stored is None:
+        if failed.is_file() and not retry_failed:
+            raise ModelError(f"compiling failed before on this machine ({failed.read_text().strip()}); "
+                             f"delete {failed} to try again")
         folder.mkdir(parents=True, exist_ok=True)
         log.warning("compiling the network ahead of time for this machine (once; about a minute, longer on a busy CPU); "
                     "cached in %s", folder)
         t0 = time.perf_counter()
         try:
             _compile(model, script, path)
-        except ModelError:
-            raise
-        except Exception as exc:  # the compiler's own failure, in one line
-            raise ModelError(f'ahead-of-time compilation failed ({type(exc).__name__}: '
-                             f'{str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"}); use compile=False') from None
-        package = aoti_load_package(str(path))
-        try:
+            package = aoti_load_package(str(path))
             _check(package, model, script)
-        except ModelError:
+        except Exception as exc:  # the compiler's own failure, in one line
             path.unlink(missing_ok=True)
-            raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
+            if not isinstance(exc, ModelError):
+                reason = f"ahead-of-time compilation failed ({type(exc).__name__}: {reason}); use compile=False"
+            with atomic_write(failed) as fh:
+                fh.write(reason + "\n")
+            raise ModelError(reason) from None
+        failed.unlink(missing_ok=True)
         with atomic_write(meta) as fh:
             json.dump(key, fh, indent=1)
         log.warning("compiled in %.0f s: %s", time.perf_counter() - t0, path)

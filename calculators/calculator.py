@@ -105,12 +105,14 @@ class CompiledRunner:
             TorchScript module: compilation needs the Python code).
         script: the TorchScript version of ``model`` (:func:`scripted`).
         mode: ``"jit"`` (``torch.compile`` in this process) or ``"aot"``.
+        retry_failed: with ``"aot"``, compile again where an earlier
+            compilation of the same key failed (else raise at once).
 
     Raises:
         ValueError: ``model`` is a TorchScript module.
     """
 
-    def __init__(self, model: torch.nn.Module, script: torch.nn.Module, mode: str = "jit") -> None:
+    def __init__(self, model: torch.nn.Module, script: torch.nn.Module, mode: str = "jit", retry_failed: bool = True) -> None:
         if isinstance(model, torch.jit.ScriptModule):
             raise ModelError(
                 "compile needs the model's Python code (a registered name or a chgnet checkpoint), "
@@ -125,7 +127,7 @@ class CompiledRunner:
         if mode == "aot":
             from crossfunctional.calculators.aot import load_or_compile
 
-            self._package = load_or_compile(model, script)
+            self._package = load_or_compile(model, script, retry_failed)
         else:
             self._network = torch.compile(self._site_energies, dynamic=True)
 
@@ -243,7 +245,7 @@ def _runner(model: torch.nn.Module, script: torch.nn.Module, compile: bool | str
         if isinstance(model, torch.jit.ScriptModule) or device.type != "cpu" or not aot_by_default():
             return script
         try:
-            return CompiledRunner(model, script, "aot")
+            return CompiledRunner(model, script, "aot", retry_failed=False)
         except ModelError as exc:
             log.warning("%s; running the TorchScript model instead", str(exc).removesuffix("; use compile=False"))
             return script

@@ -313,14 +313,18 @@ def test_aot_runner_matches_upstream_and_is_cached(aot_cache, wbm, upstream_mode
     assert abs(a["energy"] - b["energy"]) < 1e-4
     np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-4, rtol=0)
 
-    # a key that does not match this model and machine: compiled again, never loaded
-    meta = packages[0].with_suffix(".json")
+    # a key that does not match this model and machine (in a copy of the cache): compiled again, never loaded
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "copy")
+    monkeypatch.setenv("CROSSFUNCTIONAL_CACHE_DIR", str(tmp_path / "copy"))
+    meta = tmp_path / "copy" / "aot" / packages[0].with_suffix(".json").name
     key = json.loads(meta.read_text())
     meta.write_text(json.dumps({**key, "instruction_set": "cpu AVX512 of another machine"}))
     with caplog.at_level("WARNING", logger="crossfunctional.calculators.aot"), pytest.raises(ModelError, match="compiled again"):
         CrossFunctionalCalculator(our_models[(name, "float32")], compile="aot")
     assert "instruction_set cpu AVX512 of another machine" in caplog.text
-    meta.write_text(json.dumps(key))
+    assert not list((tmp_path / "copy" / "aot").glob("*.pt2"))  # the foreign package is gone
     with pytest.raises(ModelError, match="TorchScript"):
         CrossFunctionalCalculator(str(export(our_models[(name, "float32")], tmp_path / "m.pt")), compile="aot")
     with pytest.raises(ValueError, match="compile must be"):
@@ -366,6 +370,13 @@ def test_default_calculator_runs_the_cached_package(aot_cache, monkeypatch, tmp_
     assert isinstance(calc64.runner, torch.jit.ScriptModule)
     assert "no C++ compiler here" in caplog.text and "running the TorchScript model instead" in caplog.text
     assert not list((folder / "aot").glob("*.tmp*"))  # nothing half-written
+    # the failure is remembered: the next default calculator does not try again
+    calls = []
+    monkeypatch.setattr(aot, "_compile", lambda *args: calls.append(1))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="crossfunctional.calculators.calculator"):
+        assert isinstance(CrossFunctionalCalculator("chgnet-r2scan", dtype="float64").runner, torch.jit.ScriptModule)
+    assert not calls and "compiling failed before on this machine" in caplog.text
     pt = export("chgnet-r2scan", tmp_path / "m.pt")
     assert isinstance(CrossFunctionalCalculator(str(pt)).runner, torch.jit.ScriptModule)
 
