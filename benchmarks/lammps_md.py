@@ -25,7 +25,11 @@ Three measurements, each written as JSON to
 
 Usage::
 
-    python benchmarks/lammps_md.py drift|npt|throughput|all [--threads 1] [--steps N] [--repeats 3]
+    python benchmarks/lammps_md.py drift|npt|throughput|all [--threads 1] [--steps N] [--repeats 3] [--aot]
+
+``--aot`` adds to the throughput the plugin running the ahead-of-time
+package (``crossfunctional export --aot``, ``pair_style chgnet model.pt2``),
+compiled at the start (``aot_compile_s``).
 """
 
 from __future__ import annotations
@@ -229,7 +233,7 @@ class _AseEngine:
 UPSTREAM_REFERENCE = {"Si512": 859.0, "MgO216": 155.0}
 
 
-def throughput(steps: int, threads: int, repeats: int, reference: dict) -> dict:
+def throughput(steps: int, threads: int, repeats: int, reference: dict, aot: bool = False) -> dict:
     import torch
     from chgnet.model import CHGNet
     from chgnet.model.dynamics import CHGNetCalculator
@@ -247,6 +251,13 @@ def throughput(steps: int, threads: int, repeats: int, reference: dict) -> dict:
     }
     with tempfile.TemporaryDirectory() as tmp:
         model = _export(Path(tmp), "float32")
+        package = None
+        if aot:  # the same weights with the network compiled ahead of time (pair_style chgnet model.pt2)
+            from crossfunctional.calculators.aot import export_package
+
+            t0 = time.perf_counter()
+            _, package = export_package("chgnet-r2scan", Path(tmp) / "aot" / "chgnet_r2scan.pt")
+            results["aot_compile_s"] = time.perf_counter() - t0
         upstream = CHGNetCalculator(CHGNet.load(model_name="r2scan", verbose=False), use_device="cpu")
         ours = CrossFunctionalCalculator(str(model))
         for name, atoms in _systems().items():
@@ -255,6 +266,8 @@ def throughput(steps: int, threads: int, repeats: int, reference: dict) -> dict:
                 "ase_upstream_chgnet": _AseEngine(atoms, upstream),
                 "ase_crossfunctional": _AseEngine(atoms, ours),
             }
+            if package is not None:
+                engines["lammps_plugin_aot"] = _LammpsEngine(atoms, package, threads, Path(tmp))
             timings: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in engines}
             for _ in range(repeats):
                 for key, engine in engines.items():
@@ -282,6 +295,12 @@ def throughput(steps: int, threads: int, repeats: int, reference: dict) -> dict:
             sysres["ratio_lammps_vs_upstream_cpu"] = lm["atom_steps_per_cpu_s"] / up["atom_steps_per_cpu_s"]
             if name in reference:
                 sysres["ratio_lammps_vs_upstream_reference"] = lm["atom_steps_per_s"] / reference[name]
+            if package is not None:
+                la = sysres["lammps_plugin_aot"]
+                sysres["ratio_lammps_aot_vs_upstream_wall"] = la["atom_steps_per_s"] / up["atom_steps_per_s"]
+                sysres["ratio_lammps_aot_vs_upstream_cpu"] = la["atom_steps_per_cpu_s"] / up["atom_steps_per_cpu_s"]
+                print(f"{name}: LAMMPS with the ahead-of-time package {la['atom_steps_per_s']:.0f} atom-steps/s "
+                      f"({sysres['ratio_lammps_aot_vs_upstream_wall']:.2f}x upstream)")
             results["systems"][name] = sysres
             print(
                 f"{name}: LAMMPS {lm['atom_steps_per_s']:.0f}, ASE+upstream {up['atom_steps_per_s']:.0f}, "
@@ -299,6 +318,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every engine (default 1)")
     parser.add_argument("--steps", type=int, default=None, help="MD steps (drift 1000, npt 3000, throughput 5 per block)")
     parser.add_argument("--repeats", type=int, default=3, help="throughput: alternating blocks per engine")
+    parser.add_argument("--aot", action="store_true", help="throughput: also the plugin with the ahead-of-time package")
     args = parser.parse_args()
     import torch
 
@@ -308,7 +328,7 @@ def main() -> None:
     if args.what in ("npt", "all"):
         npt(args.steps or 3000, args.threads)
     if args.what in ("throughput", "all"):
-        throughput(args.steps or 5, args.threads, args.repeats, UPSTREAM_REFERENCE)
+        throughput(args.steps or 5, args.threads, args.repeats, UPSTREAM_REFERENCE, aot=args.aot)
 
 
 if __name__ == "__main__":

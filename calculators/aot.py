@@ -105,7 +105,7 @@ def _example(model: torch.nn.Module, script: torch.nn.Module, seed: int) -> tupl
     return (z, vectors.detach(), *graph)
 
 
-def _compile(model: torch.nn.Module, script: torch.nn.Module, path: Path) -> None:
+def _compile(model: torch.nn.Module, script: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     from torch._inductor import aoti_compile_and_package
     from torch.export import Dim
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -122,7 +122,8 @@ def _compile(model: torch.nn.Module, script: torch.nn.Module, path: Path) -> Non
     dynamic = tuple({axis: Dim.AUTO for axis in range(a.dim())} for a in args)
     exported = torch.export.export(traced, args, dynamic_shapes=dynamic, strict=False)
     with atomic_path(path) as tmp:
-        aoti_compile_and_package(exported, package_path=str(tmp))  # tmp ends in .pt2
+        configs = {"aot_inductor.metadata": dict(metadata)} if metadata else None
+        aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs=configs)  # tmp ends in .pt2
 
 
 def _check(package: Any, model: torch.nn.Module, script: torch.nn.Module) -> None:
@@ -212,4 +213,73 @@ def load_or_compile(model: torch.nn.Module, script: torch.nn.Module, retry_faile
     return _LOADED[str(path)]
 
 
-__all__ = ["AOT_FORMAT", "artefact_key", "cache_dir", "load_or_compile"]
+def fnv1a64(path: str | os.PathLike) -> str:
+    """64-bit FNV-1a hash of a file's bytes, as 16 hex digits (the LAMMPS
+    plugin computes the same to pair a package with its TorchScript file)."""
+    import numpy as np
+
+    data = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8)
+    h = 0xCBF29CE484222325
+    for byte in data.tolist():
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def export_package(model: torch.nn.Module | str, path: str | os.PathLike, dtype: str = "float32") -> tuple[Path, Path]:
+    """Write the TorchScript file ``path`` (``.pt``, as
+    :func:`crossfunctional.models.export`) and beside it the ahead-of-time
+    package ``<stem>.pt2`` for ``pair_style chgnet <stem>.pt2`` in LAMMPS (CPU).
+
+    The package's metadata holds its key: torch version, instruction set,
+    device, dtype and the FNV-1a hash of the ``.pt`` file it belongs to. The
+    pair style compares them with its own torch, CPU and file and refuses a
+    package that does not match (compiled elsewhere, or a ``.pt`` replaced).
+
+    Args:
+        model: a registered name, a chgnet checkpoint or an eager crossfunctional CHGNet.
+        path: the ``.pt`` file to write.
+        dtype: "float32" or "float64".
+
+    Returns:
+        (the ``.pt`` path, the ``.pt2`` path).
+
+    Raises:
+        crossfunctional.models.ModelError: a TorchScript module or file (the
+            Python code is needed), a failed compilation, a package that
+            disagrees with TorchScript.
+    """
+    from crossfunctional.calculators.calculator import scripted
+    from crossfunctional.models import export, load_model
+
+    if not isinstance(model, torch.nn.Module):
+        model = load_model(model, dtype=dtype)
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelError("an ahead-of-time package needs the model's Python code (a registered name or a chgnet "
+                         "checkpoint), not a TorchScript file")
+    model = model.to(dtype=getattr(torch, dtype)) if next(iter(model.parameters())).dtype != getattr(torch, dtype) else model
+    path = Path(path)
+    if path.suffix != ".pt":
+        raise ModelError(f"the TorchScript file of a package must end in .pt, got {path.name}")
+    pt = export(model, path, dtype=dtype)
+    script = scripted(model)
+    key = artefact_key(model)
+    metadata = {"crossfunctional_aot": str(AOT_FORMAT), "torch": torch.__version__.split("+")[0],
+                "instruction_set": torch.backends.cpu.get_cpu_capability(), "device": key["device"],
+                "dtype": key["dtype"], "torchscript_fnv1a64": fnv1a64(pt)}
+    package_path = pt.with_suffix(".pt2")
+    try:
+        _compile(model, script, package_path, metadata)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
+        raise ModelError(f"ahead-of-time compilation failed ({type(exc).__name__}: {reason})") from None
+    from torch._inductor import aoti_load_package
+
+    try:
+        _check(aoti_load_package(str(package_path)), model, script)
+    except ModelError:
+        package_path.unlink(missing_ok=True)
+        raise
+    return pt, package_path
+
+
+__all__ = ["AOT_FORMAT", "artefact_key", "cache_dir", "export_package", "fnv1a64", "load_or_compile"]

@@ -4,10 +4,18 @@
 
 #include "chgnet_model.h"
 
+#include <ATen/Version.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/script.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <map>
 #include <sstream>
 #include <stdexcept>
 #include <tuple>
@@ -51,10 +59,46 @@ struct TorchModel::Impl {
   torch::jit::Module module;
   torch::Dtype dtype = torch::kFloat32;
   torch::Device device{torch::kCPU};
+  // ahead-of-time compiled network and gradient (pair_style chgnet model.pt2), or null
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> package;
 };
 
-TorchModel::TorchModel(const std::string &path, const std::string &device) : impl_(new Impl)
+namespace {
+
+bool ends_with(const std::string &text, const std::string &suffix)
 {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// 64-bit FNV-1a of a file's bytes as 16 hex digits (crossfunctional.calculators.aot.fnv1a64)
+std::string fnv1a64(const std::string &path)
+{
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read '" + path + "'");
+  uint64_t h = 0xcbf29ce484222325ULL;
+  std::istreambuf_iterator<char> it(in), end;
+  for (; it != end; ++it) {
+    h ^= static_cast<uint8_t>(*it);
+    h *= 0x100000001b3ULL;
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+}    // namespace
+
+TorchModel::TorchModel(const std::string &model_path, const std::string &device) : impl_(new Impl)
+{
+  // "model.pt2": the ahead-of-time package, with its TorchScript file "model.pt" beside it
+  const bool aot = ends_with(model_path, ".pt2");
+  const std::string path = aot ? model_path.substr(0, model_path.size() - 1) : model_path;
+  if (aot) {
+    std::ifstream probe(path);
+    if (!probe)
+      throw std::runtime_error("'" + model_path + "' needs its TorchScript file '" + path +
+                               "' beside it (both are written by 'crossfunctional export MODEL --aot -o " + path + "')");
+  }
   // The profiling graph executor re-specialises the graph for every new
   // input shape (every MD step has a different number of edges) and is
   // several times slower here than plain interpretation.
@@ -103,6 +147,47 @@ TorchModel::TorchModel(const std::string &path, const std::string &device) : imp
     feature_width_ = impl_->module.attr("dim").toInt();
     bond_cutoff_ = impl_->module.attr("bond_graph_cutoff").toDouble();
   }
+  if (aot) load_package(model_path, path);
+}
+
+void TorchModel::load_package(const std::string &package_path, const std::string &torchscript_path)
+{
+  std::unordered_map<std::string, std::string> meta;
+  try {
+    meta = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(package_path, "model");
+  } catch (const std::exception &e) {
+    throw std::runtime_error("cannot read '" + package_path + "' as an ahead-of-time package: " + first_line(e.what()));
+  }
+  if (!meta.count("crossfunctional_aot"))
+    throw std::runtime_error("'" + package_path + "' is not a crossfunctional package; write one with "
+                             "'crossfunctional export MODEL --aot -o " + torchscript_path + "'");
+  // the package's key against this plugin, this CPU and the TorchScript file beside it
+  const std::map<std::string, std::string> here = {
+      {"torch", TORCH_VERSION},
+      {"instruction_set", at::get_cpu_capability()},
+      {"device", impl_->device.is_cuda() ? "cuda" : "cpu"},
+      {"dtype", dtype_name_},
+      {"torchscript_fnv1a64", fnv1a64(torchscript_path)},
+  };
+  std::string mismatch;
+  for (const auto &[key, value] : here) {
+    auto found = meta.find(key);
+    const std::string theirs = found == meta.end() ? "(none)" : found->second;
+    if (theirs != value) mismatch += (mismatch.empty() ? "" : ", ") + key + " " + theirs + " (here " + value + ")";
+  }
+  if (!mismatch.empty()) {
+    const bool other_file = meta.count("torchscript_fnv1a64") && meta["torchscript_fnv1a64"] != here.at("torchscript_fnv1a64");
+    throw std::runtime_error("refusing '" + package_path + "': it was compiled for " + mismatch +
+                             (other_file ? "; it belongs to another '" + torchscript_path + "'" : "") +
+                             "; compile it again on this machine with 'crossfunctional export MODEL --aot -o " +
+                             torchscript_path + "'");
+  }
+  try {
+    impl_->package = std::make_unique<torch::inductor::AOTIModelPackageLoader>(package_path, "model");
+  } catch (const std::exception &e) {
+    throw std::runtime_error("cannot load '" + package_path + "': " + first_line(e.what()));
+  }
+  compiled_ = true;
 }
 
 TorchModel::~TorchModel() = default;
@@ -161,6 +246,24 @@ void TorchModel::evaluate(const GraphInput &in, GraphOutput &out)
     torch::Tensor z, edge_index, shifts, vectors;
     std::tie(z, edge_index, shifts, vectors) =
         input_tensors(in, torch::TensorOptions().dtype(impl_->dtype).device(impl_->device), false);
+    if (impl_->package) {
+      // graph construction in TorchScript, network and gradient in the package; graphs with a size
+      // below 2 (the package's sizes start there) or above the recompute threshold run TorchScript
+      auto graph = impl_->module.run_method("build_graph", edge_index, shifts, vectors, n).toTuple();
+      const auto &g = graph->elements();
+      // Graph fields (crossfunctional.models.chgnet.Graph): 0 center, 4 short_bonds, 5 angle_center,
+      // 10 bond_length, 11 angle
+      const int64_t bonds = g[10].toTensor().size(0), shorts = g[4].toTensor().size(0),
+                    angles = g[11].toTensor().size(0), centers = g[0].toTensor().size(0);
+      const int64_t threshold = impl_->module.attr("recompute_threshold").toInt();
+      if (std::min({n, bonds, shorts, angles}) >= 2 && centers + angles <= threshold) {
+        std::vector<at::Tensor> inputs{z, vectors};
+        for (const auto &item : g) inputs.push_back(item.toTensor());
+        auto outputs = impl_->package->run(inputs);
+        copy_output(outputs[0], outputs[1], outputs[2], n, e, out);
+        return;
+      }
+    }
     std::vector<torch::jit::IValue> inputs{z, edge_index, shifts, vectors, true};
     auto result = impl_->module.forward(inputs).toTuple();
     const auto &items = result->elements();

@@ -51,7 +51,12 @@ class FeatureExchange {
 class TorchModel {
  public:
   // Loads an exported TorchScript file onto `device` ("cpu", "cuda", "cuda:1").
-  // Throws std::runtime_error with a one-line reason on any failure.
+  // A path ending in ".pt2" is an ahead-of-time package (crossfunctional
+  // export --aot): its TorchScript file (same name, ".pt") is loaded for the
+  // graph construction, and the package, after its key (torch version, CPU
+  // instruction set, device, dtype, hash of the .pt file) is checked, runs
+  // the network in evaluate(). Throws std::runtime_error with a one-line
+  // reason on any failure, a package that does not match included.
   TorchModel(const std::string &path, const std::string &device);
   ~TorchModel();
   TorchModel(const TorchModel &) = delete;
@@ -77,6 +82,7 @@ class TorchModel {
   void evaluate_segments(const GraphInput &in, const std::vector<double> &weight,
                          FeatureExchange *exchange, GraphOutput &out);
 
+  bool compiled() const { return compiled_; }                  // evaluate() runs an ahead-of-time package
   int64_t feature_width() const { return feature_width_; }    // atom feature width (64)
   int num_segments() const { return num_segments_; }          // n_conv
   double bond_cutoff() const { return bond_cutoff_; }          // short-bond cutoff (3 Angstrom)
@@ -86,8 +92,10 @@ class TorchModel {
   static int num_threads();
 
  private:
+  void load_package(const std::string &package_path, const std::string &torchscript_path);
   struct Impl;
   std::unique_ptr<Impl> impl_;
+  bool compiled_ = false;
   double cutoff_ = 0.0;
   double bond_cutoff_ = 0.0;
   int64_t feature_width_ = 0;

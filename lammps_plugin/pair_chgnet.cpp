@@ -311,9 +311,10 @@ void PairCHGNet::settings(int narg, char **arg)
   if (comm->me == 0)
     utils::logmesg(lmp,
                    "pair_style chgnet: model {} from {}, cutoff {} Angstrom, {} elements ({}..{}), "
-                   "{} on {}, {} torch thread(s)\n",
+                   "{} on {}, {} torch thread(s){}\n",
                    model_name, file, cutoff, elements.size(), elements.front(), elements.back(),
-                   model->dtype_name(), model->device_name(), nthreads);
+                   model->dtype_name(), model->device_name(), nthreads,
+                   model->compiled() ? ", network compiled ahead of time (serial and gather passes)" : "");
 
   // a new model may cover other elements: the type map must be given again
   if (allocated) {

@@ -225,6 +225,52 @@ def test_hybrid_overlay_with_null_type(model_file, calc, tmp_path):
     assert np.all(forces[-1] == 0.0) and eatom[-1] == 0.0
 
 
+# ------------------------------------------------------- ahead-of-time package
+@pytest.fixture(scope="module")
+def aot_package(tmp_path_factory) -> Path:
+    """``crossfunctional export chgnet-r2scan --aot -o m.pt``: m.pt and m.pt2."""
+    from crossfunctional.cli import main
+
+    folder = tmp_path_factory.mktemp("aot")
+    assert main(["export", "chgnet-r2scan", "--aot", "-o", str(folder / "m.pt")]) == 0
+    return folder / "m.pt2"
+
+
+def test_aot_package_agrees_with_ase(aot_package, calc, tmp_path):
+    """``pair_style chgnet m.pt2`` (graph construction in TorchScript, network
+    and gradient from the package) against the ASE calculator on the plain
+    export of the same weights, at the float32 tolerances; the log says the
+    package runs. Cells whose graphs are too small for the package (one Cu
+    atom) run TorchScript and agree as well."""
+    cases = _wbm(5, seed=21) + [("triclinic Si", _triclinic()), ("Cu, one atom", bulk("Cu"))]
+    for label, atoms in cases:
+        got = single_point(atoms, aot_package)
+        _compare(atoms, got, _reference(atoms, calc), label)
+    log = tmp_path / "log.lammps"
+    lmp = open_lammps(log=log)
+    data = write_data(bulk("Si", "diamond", a=5.43, cubic=True), tmp_path / "si.data")
+    lmp.commands_list(["units metal", "atom_style atomic", f"read_data {data.path}",
+                       f"pair_style chgnet {aot_package}", "pair_coeff * * Si", "run 0"])
+    lmp.close()
+    assert "network compiled ahead of time" in log.read_text()
+
+
+def test_aot_package_that_does_not_match_is_refused(aot_package, si_data, tmp_path):
+    """A package beside another TorchScript file (or without one) is refused
+    with a message that says why and how to make a new one."""
+    import shutil
+
+    from crossfunctional.models import export
+
+    other = tmp_path / "m.pt2"
+    shutil.copyfile(aot_package, other)
+    msg = _lammps_error(["units metal", "atom_style atomic", f"read_data {si_data}", f"pair_style chgnet {other}"])
+    assert "needs its TorchScript file" in msg and "export MODEL --aot" in msg
+    export("chgnet-0.3.0", tmp_path / "m.pt")
+    msg = _lammps_error(["units metal", "atom_style atomic", f"read_data {si_data}", f"pair_style chgnet {other}"])
+    assert "refusing" in msg and "belongs to another" in msg and "torchscript_fnv1a64" in msg
+
+
 # ---------------------------------------------------------------------- errors
 def _lammps_error(commands: list[str]) -> str:
     lmp = open_lammps()
