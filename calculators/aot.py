@@ -256,7 +256,10 @@ def export_package(model: torch.nn.Module | str, path: str | os.PathLike, dtype:
     if isinstance(model, torch.jit.ScriptModule):
         raise ModelError("an ahead-of-time package needs the model's Python code (a registered name or a chgnet "
                          "checkpoint), not a TorchScript file")
-    model = model.to(dtype=getattr(torch, dtype)) if next(iter(model.parameters())).dtype != getattr(torch, dtype) else model
+    if next(iter(model.parameters())).dtype != getattr(torch, dtype):
+        import copy
+
+        model = copy.deepcopy(model).to(dtype=getattr(torch, dtype))  # leave the caller's module as it is
     path = Path(path)
     if path.suffix != ".pt":
         raise ModelError(f"the TorchScript file of a package must end in .pt, got {path.name}")
