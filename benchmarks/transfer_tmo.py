@@ -31,7 +31,11 @@ components), stress MAE (GPa, over the 9 components):
 - Methods 1-4 fine-tuned from ``chgnet-0.3.0`` (``transfer.finetune``: the
   paper's loss, weights, learning rate and cosine schedule, ``--epochs``
   epochs, batch size ``--batch-size`` because a training fold holds only
-  about 55 frames), for each seed: mean and spread over seeds.
+  about 55 frames), for each seed: mean and spread over seeds;
+- ``refit-atomref-prior``: Method 4 with the AtomRef of
+  ``fit_atomref_with_prior`` (chgnet-0.3.0's AtomRef + MatPES elemental
+  prior + ridge residual fitted on the training frames and O2) instead of
+  Eq. 2 (``finetune(atomref_prior="matpes")``).
 
     python benchmarks/transfer_tmo.py --epochs 50 --seeds 0 1 2 --workdir /tmp/transfer_tmo
 
