@@ -32,7 +32,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transfer_tmo import LABELS, METHODS, RESULTS  # noqa: E402
+from transfer_tmo import LABELS, METHODS, RESULTS, write_table  # noqa: E402
 
 from crossfunctional.io import atomic_write  # noqa: E402
 
@@ -80,9 +80,7 @@ def main() -> int:
     for m, s in shipped.items():
         lines.append(f"| {m} (shipped, vs its own DFT) | {s['formation_mae_vs_dft_ev']:.3f} | {s['formation_mae_vs_exp_ev']:.3f} "
                      f"| {s['decomposition_mae_ev']:.3f} | {s['failed_relaxations']} |")
-    with atomic_write(args.output / "tmo_stability.md") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_table(args.output / "tmo_stability.md", lines)
     return 0
 
 

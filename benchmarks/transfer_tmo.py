@@ -122,6 +122,13 @@ def pooled(parts: list[dict[str, np.ndarray]]) -> dict[str, float]:
     }
 
 
+def write_table(path: Path, lines: list[str]) -> None:
+    """Write a Markdown table (atomically) and print it."""
+    with atomic_write(path) as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def predict(records, model):
     from crossfunctional.calculators import predict_batch
 
@@ -230,9 +237,7 @@ def main() -> int:
                  cell("force_mae_eV_per_A", 4), cell("stress_mae_GPa", 3)]
         seeds = f"{len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}"
         lines.append(f"| {LABELS[method]}, fine-tuned from chgnet-0.3.0, {seeds} | " + " | ".join(cells) + " |")
-    with atomic_write(args.output / "tmo_methods.md") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_table(args.output / "tmo_methods.md", lines)
 
     import matplotlib
 

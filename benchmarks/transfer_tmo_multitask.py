@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transfer_tmo import RESULTS, elements, errors, load_frames, pooled  # noqa: E402
+from transfer_tmo import RESULTS, elements, errors, load_frames, pooled, predict, write_table  # noqa: E402
 
 from crossfunctional.data import data_path  # noqa: E402
 from crossfunctional.io import atomic_write  # noqa: E402
@@ -117,7 +117,7 @@ def main() -> int:
                                   batch_size=args.batch_size, best_task="r2scan", seed=0, progress=False,
                                   allow_rank_deficient=True)
             seen = elements(train_all) | elements(o2)
-            parts.append(errors(test, [p for p in _predict(test, load_model(res.best_checkpoint, task="r2scan"))], seen))
+            parts.append(errors(test, predict(test, load_model(res.best_checkpoint, task="r2scan")), seen))
             best.append(res.best_epoch)
             seconds.append(time.perf_counter() - t1)
             n_entries = len(gga_train) + len(r2_train) + (2 * args.n_bridge if arm == "bridge" else 0)
@@ -145,16 +145,8 @@ def main() -> int:
     for arm, m in arms.items():
         lines.append(f"| {names[arm]} | {m['energy_mae_eV_per_atom']:.4f} | {m['energy_mae_seen_elements_eV_per_atom']:.4f} "
                      f"| {m['force_mae_eV_per_A']:.4f} | {m['stress_mae_GPa']:.3f} |")
-    with atomic_write(args.output / "tmo_multitask.md") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_table(args.output / "tmo_multitask.md", lines)
     return 0
-
-
-def _predict(records, model):
-    from crossfunctional.calculators import predict_batch
-
-    return predict_batch([r.atoms() for r in records], model)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,27 @@ def _check(package: Any, model: torch.nn.Module, script: torch.nn.Module) -> Non
     errors = [float((a - b.detach()).abs().max()) for a, b in zip(got, (*want, grad))]
     if max(errors) > tol:
         raise ModelError(f"the ahead-of-time compiled network disagrees with TorchScript by {max(errors):.2e} "
-                         f"(tolerance {tol:g}); use compile=False")
+                         f"(tolerance {tol:g})")
+
+
+def _build(model: torch.nn.Module, script: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None,
+           advice: str = "; use compile=False") -> Any:
+    """Compile ``model`` into the package ``path``, load it and check it
+    against TorchScript; on any failure nothing is left at ``path`` and a
+    :class:`ModelError` gives the reason in one line, followed by ``advice``."""
+    from torch._inductor import aoti_load_package
+
+    try:
+        _compile(model, script, path, metadata)
+        package = aoti_load_package(str(path))
+        _check(package, model, script)
+    except Exception as exc:  # the compiler's own failure, in one line
+        path.unlink(missing_ok=True)
+        if isinstance(exc, ModelError):
+            raise ModelError(f"{exc}{advice}") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
+        raise ModelError(f"ahead-of-time compilation failed ({type(exc).__name__}: {reason}){advice}") from None
+    return package
 
 
 def load_or_compile(model: torch.nn.Module, script: torch.nn.Module, retry_failed: bool = True) -> Any:
@@ -191,17 +211,11 @@ def load_or_compile(model: torch.nn.Module, script: torch.nn.Module, retry_faile
                     "cached in %s", folder)
         t0 = time.perf_counter()
         try:
-            _compile(model, script, path)
-            package = aoti_load_package(str(path))
-            _check(package, model, script)
-        except Exception as exc:  # the compiler's own failure, in one line
-            path.unlink(missing_ok=True)
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
-            if not isinstance(exc, ModelError):
-                reason = f"ahead-of-time compilation failed ({type(exc).__name__}: {reason}); use compile=False"
+            package = _build(model, script, path)
+        except ModelError as exc:
             with atomic_write(failed) as fh:
-                fh.write(reason + "\n")
-            raise ModelError(reason) from None
+                fh.write(f"{exc}\n")
+            raise
         failed.unlink(missing_ok=True)
         with atomic_write(meta) as fh:
             json.dump(key, fh, indent=1)
@@ -264,24 +278,12 @@ def export_package(model: torch.nn.Module | str, path: str | os.PathLike, dtype:
     if path.suffix != ".pt":
         raise ModelError(f"the TorchScript file of a package must end in .pt, got {path.name}")
     pt = export(model, path, dtype=dtype)
-    script = scripted(model)
-    key = artefact_key(model)
+    param = next(iter(model.parameters()))
     metadata = {"crossfunctional_aot": str(AOT_FORMAT), "torch": torch.__version__.split("+")[0],
-                "instruction_set": torch.backends.cpu.get_cpu_capability(), "device": key["device"],
-                "dtype": key["dtype"], "torchscript_fnv1a64": fnv1a64(pt)}
+                "instruction_set": torch.backends.cpu.get_cpu_capability(), "device": param.device.type,
+                "dtype": str(param.dtype).replace("torch.", ""), "torchscript_fnv1a64": fnv1a64(pt)}
     package_path = pt.with_suffix(".pt2")
-    try:
-        _compile(model, script, package_path, metadata)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
-        raise ModelError(f"ahead-of-time compilation failed ({type(exc).__name__}: {reason})") from None
-    from torch._inductor import aoti_load_package
-
-    try:
-        _check(aoti_load_package(str(package_path)), model, script)
-    except ModelError:
-        package_path.unlink(missing_ok=True)
-        raise
+    _build(model, scripted(model), package_path, metadata, advice="")
     return pt, package_path
 
 

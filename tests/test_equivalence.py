@@ -237,6 +237,17 @@ def test_site_energies(name, wbm, upstream_models, our_calcs):
         assert abs(energies.sum() / len(atoms) - ref["energy"]) < TOLERANCES["energy"]
 
 
+def _compiled_path_cases(wbm, n: int, seed: int) -> list[tuple[str, Atoms]]:
+    """Cases for the compiled runners: ``n`` perturbed WBM structures, a
+    rattled Si 64 (second to last) and a one-atom Cu cell (last, too small
+    for the compiled network)."""
+    rng = np.random.default_rng(seed)
+    cases = [(mid, perturbed(atoms, rng)) for mid, atoms in wbm(n, seed=seed)]
+    si = bulk("Si", "diamond", a=5.43, cubic=True) * 2
+    si.rattle(0.02, seed=3)
+    return cases + [("Si64", si), ("Cu, one atom", perturbed(bulk("Cu"), rng))]
+
+
 @pytest.fixture(scope="module")
 def aot_cache(tmp_path_factory, our_models):
     """(cache folder holding the ahead-of-time package of chgnet-r2scan in
@@ -291,11 +302,8 @@ def test_aot_runner_matches_upstream_and_is_cached(aot_cache, wbm, upstream_mode
     calls = []
     package = calc.runner._package
     calc.runner._package = lambda *args: calls.append(1) or package(*args)
-    rng = np.random.default_rng(13)
-    cases = [(mid, perturbed(atoms, rng)) for mid, atoms in wbm(4, seed=13)]
-    si = bulk("Si", "diamond", a=5.43, cubic=True) * 2
-    si.rattle(0.02, seed=3)
-    cases += [("Si64", si), ("Cu, one atom", perturbed(bulk("Cu"), rng))]
+    cases = _compiled_path_cases(wbm, 4, seed=13)
+    si = cases[-2][1]
     results = [(label, deviations(upstream_predict(upstream_models64[name], atoms), ours_predict(calc, atoms)))
                for label, atoms in cases]
     _assert_all_within(results, TOLERANCES)
@@ -401,11 +409,8 @@ def test_compiled_runner_matches_upstream(wbm, upstream_models64, our_models):
     compiled_calls = []
     network = calc.runner._network
     calc.runner._network = lambda *args: compiled_calls.append(1) or network(*args)
-    rng = np.random.default_rng(12)
-    cases = [(mid, perturbed(atoms, rng)) for mid, atoms in wbm(5, seed=12)]
-    si = bulk("Si", "diamond", a=5.43, cubic=True) * 2
-    si.rattle(0.02, seed=3)
-    cases += [("Si64", si), ("Cu, one atom", perturbed(bulk("Cu"), rng))]
+    cases = _compiled_path_cases(wbm, 5, seed=12)
+    si = cases[-2][1]
     results = []
     for label, atoms in cases:
         dev = deviations(upstream_predict(upstream_models64[name], atoms), ours_predict(calc, atoms))
