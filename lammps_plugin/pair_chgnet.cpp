@@ -61,6 +61,10 @@
 #include <cstring>
 #include <thread>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 using namespace LAMMPS_NS;
 
 static const char cite_chgnet[] =
@@ -195,6 +199,7 @@ void PairCHGNet::check_environment(const char *where)
 /* ----------------------------------------------------------------------
    pair_style chgnet model.pt [threads N] [device cpu|cuda[:k]]
                               [parallel auto|serial|gather|exchange|shell]
+                              [check_masses yes|warn|no] [retain_memory yes|no]
 ------------------------------------------------------------------------- */
 
 namespace {
@@ -213,6 +218,22 @@ const double STANDARD_MASS[94] = {
     231.04, 238.03, 237.05, 244.06};
 // a type's mass may be rounded (e.g. 28 for Si) but not be another element's
 constexpr double MASS_TOLERANCE = 0.6;
+
+// Keep freed memory in the process heap for reuse (glibc; process-wide), as
+// the ASE calculator's retain_memory does. glibc serves every allocation above
+// 32 MB with a fresh mmap and unmaps it when freed, so each large intermediate
+// tensor of a big graph is page-faulted in again at every step; with mmap off
+// for malloc and no trimming of the heap, a step reuses the previous step's
+// blocks. The process then keeps its peak heap. Returns false where it could
+// not be applied (another C library).
+bool retain_freed_memory()
+{
+#if defined(__GLIBC__)
+  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, 2147483647) == 1;
+#else
+  return false;
+#endif
+}
 }    // namespace
 
 /* ---------------------------------------------------------------------- */
@@ -224,12 +245,13 @@ void PairCHGNet::settings(int narg, char **arg)
     error->all(FLERR,
                "Illegal pair_style chgnet command: expected 'pair_style chgnet <model.pt> "
                "[threads N] [device cpu|cuda] [parallel auto|serial|gather|exchange|shell] "
-               "[check_masses yes|warn|no]'");
+               "[check_masses yes|warn|no] [retain_memory yes|no]'");
   std::string file = arg[0];
   std::string device = "cpu";
   int threads = 0;
   int parallel = AUTO;
   int masses = MASS_ERROR;
+  bool retain = true;
   for (int iarg = 1; iarg < narg; iarg += 2) {
     const std::string key = arg[iarg];
     if (iarg + 1 >= narg)
@@ -264,10 +286,18 @@ void PairCHGNet::settings(int narg, char **arg)
                    "Illegal pair_style chgnet command: check_masses '{}' unknown (known: yes, "
                    "warn, no)",
                    value);
+    } else if (key == "retain_memory") {
+      const std::string value = arg[iarg + 1];
+      if (value != "yes" && value != "no")
+        error->all(FLERR,
+                   "Illegal pair_style chgnet command: retain_memory '{}' unknown (known: yes, "
+                   "no)",
+                   value);
+      retain = value == "yes";
     } else {
       error->all(FLERR,
                  "Illegal pair_style chgnet command: unknown keyword '{}' (known: threads, "
-                 "device, parallel, check_masses)",
+                 "device, parallel, check_masses, retain_memory)",
                  key);
     }
   }
@@ -283,6 +313,7 @@ void PairCHGNet::settings(int narg, char **arg)
     error->all(FLERR, "pair_style chgnet: {}", e.what());
   }
   if (threads > 0) crossfunctional::TorchModel::set_num_threads(threads);
+  const bool retained = retain && model->device_name().rfind("cpu", 0) == 0 && retain_freed_memory();
   nthreads = crossfunctional::TorchModel::num_threads();
   model_file = file;
   parallel_keyword = parallel;
@@ -311,10 +342,11 @@ void PairCHGNet::settings(int narg, char **arg)
   if (comm->me == 0)
     utils::logmesg(lmp,
                    "pair_style chgnet: model {} from {}, cutoff {} Angstrom, {} elements ({}..{}), "
-                   "{} on {}, {} torch thread(s){}\n",
+                   "{} on {}, {} torch thread(s){}{}\n",
                    model_name, file, cutoff, elements.size(), elements.front(), elements.back(),
                    model->dtype_name(), model->device_name(), nthreads,
-                   model->compiled() ? ", network compiled ahead of time (serial and gather passes)" : "");
+                   model->compiled() ? ", network compiled ahead of time (serial and gather passes)" : "",
+                   retained ? ", freed memory kept for reuse" : "");
 
   // a new model may cover other elements: the type map must be given again
   if (allocated) {

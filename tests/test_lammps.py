@@ -380,6 +380,7 @@ run 400
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Loaded 1 plugins from" in proc.stdout
+    assert "freed memory kept for reuse" in proc.stdout  # retain_memory yes, the default on CPU
     rows = thermo_rows(proc.stdout)
     assert len(rows) == 41
     ref = _reference(atoms, calc)

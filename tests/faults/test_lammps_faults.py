@@ -54,3 +54,10 @@ def test_matching_order_runs_and_override_allows_the_swap(caf2_data, model_file)
 def test_unknown_check_masses_value(caf2_data, model_file):
     with pytest.raises(Exception, match=r"check_masses 'maybe' unknown \(known: yes, warn, no\)"):
         _run(_setup(caf2_data, model_file, " check_masses maybe"))
+
+
+def test_retain_memory_values(caf2_data, model_file):
+    """retain_memory takes yes or no; anything else names the keyword and the choices."""
+    assert _run(_setup(caf2_data, model_file, " retain_memory no") + ["pair_coeff * * F Ca", "run 0"]) < 0
+    with pytest.raises(Exception, match=r"retain_memory 'maybe' unknown \(known: yes, no\)"):
+        _run(_setup(caf2_data, model_file, " retain_memory maybe"))
