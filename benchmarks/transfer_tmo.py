@@ -157,6 +157,8 @@ def main() -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--workdir", type=Path, default=Path("transfer_tmo_runs"))
     p.add_argument("--output", type=Path, default=RESULTS)
+    p.add_argument("--only-finished", action="store_true",
+                   help="train nothing: tabulate the (seed, method) runs finished on every fold in --workdir")
     args = p.parse_args()
     torch.set_num_threads(1)
     finetune = importlib.import_module("crossfunctional.transfer.finetune").finetune
@@ -182,6 +184,9 @@ def main() -> int:
     curves: dict[str, list[list[float]]] = {m: [] for m in args.methods}
     for seed in args.seeds:
         for method in args.methods:
+            finished = [(args.workdir / f"seed{seed}" / f"fold{f}" / method / "metrics.json").is_file() for f in fold_ids]
+            if args.only_finished and not all(finished):
+                continue
             parts, best = [], []
             for f in fold_ids:
                 train_all = [crystals[i] for i in folds[f][0]]
@@ -202,7 +207,9 @@ def main() -> int:
 
     summary = {}
     for method, by_seed in trained.items():
-        summary[method] = {}
+        if not by_seed:
+            continue
+        summary[method] = {"seeds": [int(k) for k in by_seed]}
         for key in ("energy_mae_eV_per_atom", "energy_mae_seen_elements_eV_per_atom", "force_mae_eV_per_A", "stress_mae_GPa"):
             vals = np.array([v[key] for v in by_seed.values()])
             summary[method][key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else None}
@@ -235,7 +242,8 @@ def main() -> int:
 
         cells = [cell("energy_mae_eV_per_atom", 4), cell("energy_mae_seen_elements_eV_per_atom", 4),
                  cell("force_mae_eV_per_A", 4), cell("stress_mae_GPa", 3)]
-        seeds = f"{len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}"
+        n = len(m["seeds"])
+        seeds = f"{n} seed{'s' if n > 1 else ''}"
         lines.append(f"| {LABELS[method]}, fine-tuned from chgnet-0.3.0, {seeds} | " + " | ".join(cells) + " |")
     write_table(args.output / "tmo_methods.md", lines)
 

@@ -551,7 +551,7 @@ int PairCHGNet::node_threads()
 
 namespace {
 constexpr double AUTO_MIN_ATOMS = 1000.0;
-constexpr double AUTO_MAX_HALO = 8.0;
+constexpr double AUTO_MAX_HALO = 4.0;
 }    // namespace
 
 int PairCHGNet::choose_mode()
@@ -1018,26 +1018,26 @@ constexpr int PAIR_ROW = 5;    // gathered per pair: atom IDs i, j, x_j - x_i
 
 // waits for a nonblocking collective, here rank 0's evaluation, mostly
 // asleep, so that the waiting ranks leave their cores to rank 0 and to other
-// jobs: sleeps (of at most 1 ms) until shortly before the previous wait's
-// length, polls without sleeping from then until 2 ms after it, so that the
-// rank is awake when the results arrive, then sleeps 100 us between polls.
-// Without 'spin' (rank 0 computes with this rank's core) it never polls
-// without sleeping.
+// jobs. It sleeps in chunks of up to 20 ms until shortly (5 %, at most 20 ms)
+// before the previous wait's length: every wake-up of a rank that shares rank
+// 0's cores preempts one of rank 0's OpenMP threads, and the others then wait
+// for it at the next barrier. From then on it polls, so that it is awake when
+// the results arrive: with 'spin' (rank 0 runs on other cores) without
+// sleeping until 2 ms after the previous wait's length, else, and after that,
+// with 100 us sleeps between polls.
 // Returns the seconds waited.
 double wait_sleeping(MPI_Request &request, double previous, bool spin)
 {
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
-  const double awake_from = previous - std::min(0.1 * previous, 2.0e-3);
+  const double awake_from = previous - std::min(0.05 * previous, 2.0e-2);
   int done = 0;
   MPI_Test(&request, &done, MPI_STATUS_IGNORE);
   while (!done) {
     const double waited = std::chrono::duration<double>(clock::now() - start).count();
-    if (!spin)
-      std::this_thread::sleep_for(std::chrono::microseconds(100));
-    else if (waited < awake_from)
-      std::this_thread::sleep_for(std::chrono::duration<double>(std::min(awake_from - waited, 1.0e-3)));
-    else if (waited > previous + 2.0e-3)
+    if (waited < awake_from)
+      std::this_thread::sleep_for(std::chrono::duration<double>(std::min(awake_from - waited, 2.0e-2)));
+    else if (!spin || waited > previous + 2.0e-3)
       std::this_thread::sleep_for(std::chrono::microseconds(100));
     MPI_Test(&request, &done, MPI_STATUS_IGNORE);
   }

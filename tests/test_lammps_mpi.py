@@ -232,15 +232,18 @@ def _auto_choice(model: Path, tmp_path: Path, atoms: Atoms, ranks: int, processo
 
 def test_auto_chooses_gather_for_small_systems_and_exchange_for_large(model64, tmp_path):
     """parallel auto (the default) on 2 ranks: gather for Si 64 (few atoms
-    per rank) and Si 4096 on 4 ranks as 4 1 1 (10.9 Å slabs: a halo many
-    times the slab), exchange for Si 4096 on 2 ranks; the log says why."""
+    per rank), for Si 4096 (21.7 Å slabs: halo 6.2x the slab) and for Si
+    4096 on 4 ranks as 4 1 1 (10.9 Å slabs); exchange for Si 13,824 on 2
+    ranks (halo 3.8x); the log says why."""
     si = bulk("Si", "diamond", a=5.43, cubic=True)
     line = _auto_choice(model64, tmp_path, si.repeat((2, 2, 2)), 2)
     assert "parallel auto: gather on 2 MPI ranks: 64 atoms, 32 per rank" in line, line
     line = _auto_choice(model64, tmp_path, si.repeat((8, 8, 8)), 2)
-    assert "parallel auto: exchange on 2 MPI ranks: 4096 atoms, 2048 per rank" in line, line
+    assert "parallel auto: gather on 2 MPI ranks: 4096 atoms, 2048 per rank, exchange halo 6.2x" in line, line
     line = _auto_choice(model64, tmp_path, si.repeat((8, 8, 8)), 4, "4 1 1")
     assert "parallel auto: gather on 4 MPI ranks: 4096 atoms, 1024 per rank" in line, line
+    line = _auto_choice(model64, tmp_path, si.repeat((12, 12, 12)), 2)
+    assert "parallel auto: exchange on 2 MPI ranks: 13824 atoms, 6912 per rank, exchange halo 3.8x" in line, line
 
 
 def test_gather_evaluates_with_the_threads_of_the_ranks_on_its_node(model64, tmp_path):
