@@ -247,15 +247,16 @@ def _mgo(n: int) -> Atoms:
     return atoms
 
 
-def _time_per_step(atoms: Atoms, path: Path, ranks: int, options: str, steps: int, timeout: float) -> tuple[float, str]:
-    """LAMMPS loop time per NVE step (one thread per rank) of ``run steps``
-    after a one-step warm-up run; returns it and the log."""
+def _time_per_step(atoms: Atoms, path: Path, ranks: int, options: str, steps: int, timeout: float,
+                   threads: int = 1) -> tuple[float, str]:
+    """LAMMPS loop time per NVE step (``threads`` torch threads per rank) of
+    ``run steps`` after a one-step warm-up run; returns it and the log."""
     work = Path(tempfile.mkdtemp(prefix="chgnet-mpi-crossover-"))
     data = write_data(atoms, work / "system.data")
     script = f"""units metal
 atom_style atomic
 read_data {data.path}
-pair_style chgnet {path} threads 1 {options}
+pair_style chgnet {path} threads {threads} {options}
 pair_coeff * * {" ".join(data.species)}
 velocity all create 300.0 1234 mom yes rot no
 timestep 0.001
@@ -287,13 +288,14 @@ def crossover(args) -> dict:
         for name in names:
             build, (steps, steps_exchange) = CROSSOVER[name]
             atoms = build()
-            for label, ranks, options, n in [
-                ("serial, 1 rank", 0, "", steps),
-                ("serial, 1 rank, retain_memory no", 0, "retain_memory no", steps),
-                ("gather, 2 ranks", 2, "parallel gather", steps),
-                ("exchange, 2 ranks", 2, "parallel exchange", steps_exchange),
+            for label, ranks, options, n, threads in [
+                ("serial, 1 rank", 0, "", steps, 1),
+                ("serial, 1 rank, retain_memory no", 0, "retain_memory no", steps, 1),
+                ("serial, 1 rank, 2 threads", 0, "", steps, 2),
+                ("gather, 2 ranks", 2, "parallel gather", steps, 1),
+                ("exchange, 2 ranks", 2, "parallel exchange", steps_exchange, 1),
             ]:
-                t, log = _time_per_step(atoms, path, ranks, options, n, args.timeout)
+                t, log = _time_per_step(atoms, path, ranks, options, n, args.timeout, threads)
                 row = {"system": name, "atoms": len(atoms), "round": round_, "config": label, "steps": n, "s_per_step": t}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -335,8 +337,8 @@ def report(args) -> dict:
         lines += [f"## Time per MD step: 1 rank against 2 ranks ({c['dtype']}, one thread per rank)", "",
                   "Median over the rounds (each round's value in brackets); speed-up = serial time / 2-rank time, "
                   "the median of the rounds' ratios (the modes alternate within a round).", "",
-                  "| system | serial, 1 rank s/step | serial, `retain_memory no` | gather, 2 ranks | exchange, 2 ranks | gather speed-up | exchange speed-up | `parallel auto` on 2 ranks |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+                  "| system | serial, 1 rank s/step | serial, `retain_memory no` | serial, 1 rank, 2 threads | gather, 2 ranks | exchange, 2 ranks | 2 threads speed-up | gather speed-up | exchange speed-up | `parallel auto` on 2 ranks |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for name, by in times.items():
             med = {k: float(np.median(v)) for k, v in by.items()}
             cell = {k: f"{med[k]:.3g} ({', '.join(f'{x:.3g}' for x in v)})" for k, v in by.items()}
@@ -345,7 +347,10 @@ def report(args) -> dict:
             exchange = np.median(serial / np.array(by["exchange, 2 ranks"]))
             auto = c.get("auto", {}).get(name, "").split(":")[0]
             no_retain = cell.get("serial, 1 rank, retain_memory no", "")
-            lines.append(f"| {name} | {cell['serial, 1 rank']} | {no_retain} | {cell['gather, 2 ranks']} | {cell['exchange, 2 ranks']} | "
+            two = by.get("serial, 1 rank, 2 threads")
+            two_speedup = f"{np.median(serial / np.array(two)):.2f}" if two else ""
+            lines.append(f"| {name} | {cell['serial, 1 rank']} | {no_retain} | {cell.get('serial, 1 rank, 2 threads', '')} | "
+                         f"{cell['gather, 2 ranks']} | {cell['exchange, 2 ranks']} | {two_speedup} | "
                          f"{gather:.2f} | {exchange:.2f} | {auto} |")  # fmt: skip
         lines.append("")
     if nve_file.is_file():

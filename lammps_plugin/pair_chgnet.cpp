@@ -1018,8 +1018,8 @@ constexpr int PAIR_ROW = 5;    // gathered per pair: atom IDs i, j, x_j - x_i
 
 // waits for a nonblocking collective, here rank 0's evaluation, mostly
 // asleep, so that the waiting ranks leave their cores to rank 0 and to other
-// jobs. It sleeps in chunks of up to 20 ms until shortly (5 %, at most 20 ms)
-// before the previous wait's length: every wake-up of a rank that shares rank
+// jobs. It sleeps in chunks of up to 20 ms until shortly (5 %, between 2 and
+// 20 ms) before the previous wait's length: every wake-up of a rank that shares rank
 // 0's cores preempts one of rank 0's OpenMP threads, and the others then wait
 // for it at the next barrier. From then on it polls, so that it is awake when
 // the results arrive: with 'spin' (rank 0 runs on other cores) without
@@ -1030,7 +1030,7 @@ double wait_sleeping(MPI_Request &request, double previous, bool spin)
 {
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
-  const double awake_from = previous - std::min(0.05 * previous, 2.0e-2);
+  const double awake_from = previous - std::max(std::min(0.05 * previous, 2.0e-2), 2.0e-3);
   int done = 0;
   MPI_Test(&request, &done, MPI_STATUS_IGNORE);
   while (!done) {
