@@ -273,9 +273,11 @@ run {steps}
 
 
 def crossover(args) -> dict:
-    """Time per MD step on 1 rank (serial) and on 2 ranks with ``parallel
-    gather`` and ``parallel exchange``, one thread per rank, modes alternating
-    within each round; and what ``parallel auto`` chooses on 2 ranks."""
+    """Time per MD step on 1 rank (serial; also with ``retain_memory no``
+    and with 2 torch threads, the most a gathered evaluation on rank 0 can
+    reach) and on 2 ranks with ``parallel gather`` and ``parallel
+    exchange``, one thread per rank, modes alternating within each round;
+    and what ``parallel auto`` chooses on 2 ranks."""
     rows = []
     names = [n for n in CROSSOVER if any(s in n for s in args.only)] if args.only else CROSSOVER_DEFAULT
     path = model(args.dtype)
