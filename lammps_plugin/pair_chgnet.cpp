@@ -439,6 +439,14 @@ void PairCHGNet::check_masses()
 
 /* ---------------------------------------------------------------------- */
 
+namespace {
+// parallel gather: graphs smaller than this are evaluated on one thread; a
+// second thread gains nothing there (Si 64, 2,852 directed edges: 0.96x to
+// 1.00x on one rank, benchmarks/results/lammps_mpi/README.md), and the
+// waiting rank's polling then has a core to itself
+constexpr size_t GATHER_ONE_THREAD_EDGES = 5000;
+}    // namespace
+
 void PairCHGNet::init_style()
 {
   check_environment("pair_style chgnet");
@@ -464,9 +472,9 @@ void PairCHGNet::init_style()
     if (mode == GATHER && comm->me == 0)
       utils::logmesg(lmp,
                      "pair_style chgnet: parallel gather on {} MPI rank(s): rank 0 evaluates the "
-                     "whole system on {} torch thread(s) (those of the ranks on its node), the "
-                     "other ranks wait\n",
-                     comm->nprocs, gather_threads);
+                     "whole system on {} torch thread(s) (those of the ranks on its node; 1 for "
+                     "graphs under {} directed edges), the other ranks wait\n",
+                     comm->nprocs, gather_threads, GATHER_ONE_THREAD_EDGES);
     neighbor->add_request(this, NeighConst::REQ_FULL);
     report_graph = mode == GATHER;
     return;
@@ -1018,26 +1026,29 @@ constexpr int PAIR_ROW = 5;    // gathered per pair: atom IDs i, j, x_j - x_i
 
 // waits for a nonblocking collective, here rank 0's evaluation, mostly
 // asleep, so that the waiting ranks leave their cores to rank 0 and to other
-// jobs. It sleeps in chunks of up to 20 ms until shortly (5 %, between 2 and
-// 20 ms) before the previous wait's length: every wake-up of a rank that shares rank
-// 0's cores preempts one of rank 0's OpenMP threads, and the others then wait
-// for it at the next barrier. From then on it polls, so that it is awake when
-// the results arrive: with 'spin' (rank 0 runs on other cores) without
-// sleeping until 2 ms after the previous wait's length, else, and after that,
-// with 100 us sleeps between polls.
+// jobs. After a previous wait of at least 0.1 s it sleeps in chunks of up to
+// 20 ms until shortly (5 %, between 2 and 20 ms) before that wait's length:
+// every wake-up of a rank that shares rank 0's cores preempts one of rank 0's
+// OpenMP threads, and the others then wait for it at the next barrier. From
+// then on, and throughout after shorter waits (small systems, where waking
+// late costs more than the wake-ups), it polls: with 'spin' (rank 0 runs on
+// other cores) without sleeping until 2 ms after the previous wait's length,
+// else, and after that, with 100 us sleeps between polls.
 // Returns the seconds waited.
 double wait_sleeping(MPI_Request &request, double previous, bool spin)
 {
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
-  const double awake_from = previous - std::max(std::min(0.05 * previous, 2.0e-2), 2.0e-3);
+  const double asleep_until =
+      previous < 0.1 ? 0.0 : previous - std::max(std::min(0.05 * previous, 2.0e-2), 2.0e-3);
+  const double awake_from = previous - std::min(0.1 * previous, 2.0e-3);
   int done = 0;
   MPI_Test(&request, &done, MPI_STATUS_IGNORE);
   while (!done) {
     const double waited = std::chrono::duration<double>(clock::now() - start).count();
-    if (waited < awake_from)
-      std::this_thread::sleep_for(std::chrono::duration<double>(std::min(awake_from - waited, 2.0e-2)));
-    else if (!spin || waited > previous + 2.0e-3)
+    if (waited < asleep_until)
+      std::this_thread::sleep_for(std::chrono::duration<double>(std::min(asleep_until - waited, 2.0e-2)));
+    else if (!spin || waited < awake_from || waited > previous + 2.0e-3)
       std::this_thread::sleep_for(std::chrono::microseconds(100));
     MPI_Test(&request, &done, MPI_STATUS_IGNORE);
   }
@@ -1175,6 +1186,9 @@ void PairCHGNet::compute_gathered()
 
     rows.assign(nnodes * width, 0.0);
     if (nnodes > 0) {
+      const int threads = edge_i.size() < GATHER_ONE_THREAD_EDGES ? 1 : gather_threads;
+      if (threads != crossfunctional::TorchModel::num_threads())
+        crossfunctional::TorchModel::set_num_threads(threads);
       try {
         model->evaluate(*graph, *result);
       } catch (const std::exception &e) {
