@@ -216,7 +216,8 @@ def main() -> int:
     result = {
         "data": {"crystal_frames": len(crystals), "runs": len({r.material_id for r in crystals}),
                  "o2_frames_atomref_only": len(o2), "unused_frames": [r.source for r in unused]},
-        "settings": {"epochs": args.epochs, "batch_size": args.batch_size, "seeds": args.seeds, "k": 5,
+        "settings": {"epochs": args.epochs, "batch_size": args.batch_size,
+                     "seeds": sorted({int(k) for by_seed in trained.values() for k in by_seed}), "k": 5,
                      "fold_seed": 0, "base": "chgnet-0.3.0", "targets": "efs", "threads": 1,
                      "atomref_fit": "Eq. 2 on the training fold + O2; rank-deficient directions keep the source"},
         "folds": [{"fold": f, "test_runs": sorted({crystals[i].material_id for i in folds[f][1]}),
