@@ -440,10 +440,10 @@ void PairCHGNet::check_masses()
 /* ---------------------------------------------------------------------- */
 
 namespace {
-// parallel gather: graphs smaller than this are evaluated on one thread; a
-// second thread gains nothing there (Si 64, 2,852 directed edges: 0.96x to
-// 1.00x on one rank, benchmarks/results/lammps_mpi/README.md), and the
-// waiting rank's polling then has a core to itself
+// parallel gather: graphs smaller than this are evaluated on one thread. On
+// two, Si 64 (2,852 directed edges) ran 0.93x to 1.22x as fast as one rank
+// from run to run, on one it runs steadily at about 1x, and the waiting
+// rank's polling then has a core to itself (benchmarks/results/lammps_mpi)
 constexpr size_t GATHER_ONE_THREAD_EDGES = 5000;
 }    // namespace
 
