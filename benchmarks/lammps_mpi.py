@@ -345,15 +345,15 @@ def report(args) -> dict:
             med = {k: float(np.median(v)) for k, v in by.items()}
             cell = {k: f"{med[k]:.3g} ({', '.join(f'{x:.3g}' for x in v)})" for k, v in by.items()}
             serial = np.array(by["serial, 1 rank"])
-            gather = np.median(serial / np.array(by["gather, 2 ranks"]))
-            exchange = np.median(serial / np.array(by["exchange, 2 ranks"]))
+
+            def speedup(config: str) -> str:  # median of the rounds' ratios; blank where a file lacks the config
+                return f"{np.median(serial / np.array(by[config])):.2f}" if config in by else ""
+
+            two, no_retain = "serial, 1 rank, 2 threads", "serial, 1 rank, retain_memory no"
             auto = c.get("auto", {}).get(name, "").split(":")[0]
-            no_retain = cell.get("serial, 1 rank, retain_memory no", "")
-            two = by.get("serial, 1 rank, 2 threads")
-            two_speedup = f"{np.median(serial / np.array(two)):.2f}" if two else ""
-            lines.append(f"| {name} | {cell['serial, 1 rank']} | {no_retain} | {cell.get('serial, 1 rank, 2 threads', '')} | "
-                         f"{cell['gather, 2 ranks']} | {cell['exchange, 2 ranks']} | {two_speedup} | "
-                         f"{gather:.2f} | {exchange:.2f} | {auto} |")  # fmt: skip
+            lines.append(f"| {name} | {cell['serial, 1 rank']} | {cell.get(no_retain, '')} | {cell.get(two, '')} | "
+                         f"{cell['gather, 2 ranks']} | {cell['exchange, 2 ranks']} | {speedup(two)} | "
+                         f"{speedup('gather, 2 ranks')} | {speedup('exchange, 2 ranks')} | {auto} |")  # fmt: skip
         lines.append("")
     if nve_file.is_file():
         n = json.loads(nve_file.read_text())

@@ -184,8 +184,8 @@ def main() -> int:
     curves: dict[str, list[list[float]]] = {m: [] for m in args.methods}
     for seed in args.seeds:
         for method in args.methods:
-            finished = [(args.workdir / f"seed{seed}" / f"fold{f}" / method / "metrics.json").is_file() for f in fold_ids]
-            if args.only_finished and not all(finished):
+            if args.only_finished and not all(
+                    (args.workdir / f"seed{seed}" / f"fold{f}" / method / "metrics.json").is_file() for f in fold_ids):
                 continue
             parts, best = [], []
             for f in fold_ids:
