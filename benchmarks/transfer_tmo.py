@@ -43,7 +43,12 @@ Writes ``benchmarks/results/transfer/tmo_methods.json`` (folds, settings,
 per-method pooled MAEs per seed, mean and standard deviation),
 ``tmo_methods.md`` (the table) and ``tmo_methods_curves.png`` (validation
 energy MAE per epoch, each method, mean over folds, seed of the first
-``--seeds``). Runs resume from ``--workdir``.
+``--seeds`` tabulated from ``--workdir``, kept in the JSON). Runs resume from
+``--workdir``. With ``--merge``, the (method, seed) results already in the
+output's ``tmo_methods.json`` that this invocation does not tabulate are kept
+(only when epochs, batch size, folds and fold seed match), so that seeds
+trained on different machines or at different times pool into one table;
+the curves of a method come from its lowest seed.
 """
 
 from __future__ import annotations
@@ -148,6 +153,38 @@ def rereferenced_r2scan(train, o2):
     return rereference(model, get_atomref(model) + np.nan_to_num(shift))
 
 
+def load_earlier(path: Path, settings: dict, folds: list) -> dict:
+    """The earlier ``tmo_methods.json`` at ``path`` ({} when there is none).
+
+    Raises:
+        SystemExit: it was made with other epochs, batch size, fold seed or
+            folds, so its results cannot be pooled with these.
+    """
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    old = earlier.get("settings", {})
+    differ = [k for k, v in settings.items() if old.get(k) != v]
+    if earlier.get("folds") != folds:
+        differ.append("folds")
+    if differ:
+        raise SystemExit(f"--merge: {path} differs in {', '.join(differ)}; "
+                         "write to another --output or train those seeds again")
+    return earlier
+
+
+def merge_earlier(earlier: dict, trained: dict, curves: dict) -> None:
+    """Add to ``trained`` and ``curves`` (in place) the (method, seed) results
+    of ``earlier`` (see :func:`load_earlier`) that are not there yet; a
+    method's curves come from its lowest seed."""
+    for method, by_seed in earlier.get("trained", {}).items():
+        for seed, result in by_seed.items():
+            trained.setdefault(method, {}).setdefault(seed, result)
+    for method, curve in earlier.get("curves", {}).items():
+        if method not in curves or curve["seed"] < curves[method]["seed"]:
+            curves[method] = curve
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=50)
@@ -159,6 +196,8 @@ def main() -> int:
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--only-finished", action="store_true",
                    help="train nothing: tabulate the (seed, method) runs finished on every fold in --workdir")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the (method, seed) results of the existing output JSON that this run does not tabulate")
     args = p.parse_args()
     torch.set_num_threads(1)
     finetune = importlib.import_module("crossfunctional.transfer.finetune").finetune
@@ -167,6 +206,10 @@ def main() -> int:
     folds = group_kfold(crystals, k=5, seed=0)
     fold_ids = args.folds if args.folds is not None else list(range(len(folds)))
     seen = {f: elements([crystals[i] for i in folds[f][0]]) | elements(o2) for f in range(len(folds))}
+    folds_now = [{"fold": f, "test_runs": sorted({crystals[i].material_id for i in folds[f][1]}),
+                  "n_test": len(folds[f][1])} for f in fold_ids]
+    earlier = load_earlier(args.output / "tmo_methods.json", {"epochs": args.epochs, "batch_size": args.batch_size,
+                           "fold_seed": 0}, folds_now) if args.merge else {}
     t0 = time.perf_counter()
 
     zero_shot = {}
@@ -181,7 +224,7 @@ def main() -> int:
     print(json.dumps(zero_shot, indent=1), flush=True)
 
     trained: dict[str, dict[str, dict]] = {m: {} for m in args.methods}
-    curves: dict[str, list[list[float]]] = {m: [] for m in args.methods}
+    curves: dict[str, dict] = {}  # method -> {"seed": s, "val_e_per_fold": [[eV/atom per epoch], ...]}
     for seed in args.seeds:
         for method in args.methods:
             if args.only_finished and not all(
@@ -199,16 +242,19 @@ def main() -> int:
                                progress=False, atomref_records=o2, allow_rank_deficient=True)
                 parts.append(errors(test, predict(test, str(res.torchscript)), seen[f]))
                 best.append(res.best_epoch)
-                if seed == args.seeds[0]:
-                    curves[method].append([row["val_e"] for row in res.history])
+                if method not in curves or curves[method]["seed"] == seed:
+                    curves.setdefault(method, {"seed": seed, "val_e_per_fold": []})
+                    curves[method]["val_e_per_fold"].append([row["val_e"] for row in res.history])
                 print(f"seed {seed} {method} fold {f}: best epoch {res.best_epoch}, "
                       f"{time.perf_counter() - t0:.0f} s", flush=True)
             trained[method][str(seed)] = {**pooled(parts), "best_epoch_per_fold": best}
 
+    if args.merge:
+        merge_earlier(earlier, trained, curves)
+
+    trained = {m: dict(sorted(trained[m].items(), key=lambda kv: int(kv[0]))) for m in METHODS if trained.get(m)}
     summary = {}
     for method, by_seed in trained.items():
-        if not by_seed:
-            continue
         summary[method] = {"seeds": [int(k) for k in by_seed]}
         for key in ("energy_mae_eV_per_atom", "energy_mae_seen_elements_eV_per_atom", "force_mae_eV_per_A", "stress_mae_GPa"):
             vals = np.array([v[key] for v in by_seed.values()])
@@ -220,10 +266,10 @@ def main() -> int:
                      "seeds": sorted({int(k) for by_seed in trained.values() for k in by_seed}), "k": 5,
                      "fold_seed": 0, "base": "chgnet-0.3.0", "targets": "efs", "threads": 1,
                      "atomref_fit": "Eq. 2 on the training fold + O2; rank-deficient directions keep the source"},
-        "folds": [{"fold": f, "test_runs": sorted({crystals[i].material_id for i in folds[f][1]}),
-                   "n_test": len(folds[f][1])} for f in fold_ids],
+        "folds": folds_now,
         "zero_shot": zero_shot,
         "trained": trained,
+        "curves": curves,
         "summary": summary,
         "wall_time_s": time.perf_counter() - t0,
     }
@@ -248,16 +294,21 @@ def main() -> int:
         lines.append(f"| {LABELS[method]}, fine-tuned from chgnet-0.3.0, {seeds} | " + " | ".join(cells) + " |")
     write_table(args.output / "tmo_methods.md", lines)
 
+    if not curves:
+        print("no training curves to plot (no run tabulated from --workdir, none in the merged results)")
+        return 0
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
-    for method, runs in curves.items():
-        if runs:
+    for method in METHODS:
+        if method in curves:
+            runs = curves[method]["val_e_per_fold"]
             n = min(len(r) for r in runs)
-            ax.plot(range(n), 1000 * np.mean([r[:n] for r in runs], axis=0), label=LABELS[method])
+            ax.plot(range(n), 1000 * np.mean([r[:n] for r in runs], axis=0),
+                    label=f"{LABELS[method]}, seed {curves[method]['seed']}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation energy MAE (meV/atom)")
     ax.set_title("TMO frames, mean over the folds", fontsize=10)
