@@ -5,6 +5,7 @@ rank layouts, long NVE on several rank counts, and time per step.
     python benchmarks/lammps_mpi.py nve         # 200 NVE steps, thermo across rank counts
     python benchmarks/lammps_mpi.py speed       # Si 4096: time per step, 1 and 2 ranks
     python benchmarks/lammps_mpi.py crossover   # time per step, 1 rank vs 2 ranks gather / exchange
+    python benchmarks/lammps_mpi.py ceiling     # 1 rank: whole system vs two half systems at once
     python benchmarks/lammps_mpi.py report      # tables of the three in results/lammps_mpi/tables.md
 
 Each writes ``benchmarks/results/lammps_mpi/<part>.json``. Every run is an
@@ -235,14 +236,14 @@ CROSSOVER = {  # system: (builder, NVE steps timed per mode: serial / gather, ex
 CROSSOVER_DEFAULT = [n for n in CROSSOVER if n != "MgO 1728"]
 
 
-def _si(n: int) -> Atoms:
-    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((n, n, n))
+def _si(n: int | tuple[int, int, int]) -> Atoms:
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(n)
     atoms.rattle(0.05, seed=7)
     return atoms
 
 
-def _mgo(n: int) -> Atoms:
-    atoms = bulk("MgO", "rocksalt", a=4.21, cubic=True).repeat((n, n, n))
+def _mgo(n: int | tuple[int, int, int]) -> Atoms:
+    atoms = bulk("MgO", "rocksalt", a=4.21, cubic=True).repeat(n)
     atoms.rattle(0.05, seed=6)
     return atoms
 
@@ -305,6 +306,52 @@ def crossover(args) -> dict:
     return {"dtype": args.dtype, "rows": rows, "auto": auto}
 
 
+CEILING = {  # system: (builder of the whole system, builder of one half along z, NVE steps timed)
+    "Si 1728": (lambda: _si(6), lambda: _si((6, 6, 3)), 2),
+    "Si 4096": (lambda: _si(8), lambda: _si((8, 8, 4)), 1),
+    "MgO 1728": (lambda: _mgo(6), lambda: _mgo((6, 6, 3)), 1),
+}
+
+
+def ceiling(args) -> dict:
+    """What the machine allows a 2-rank split: the serial time per step of
+    the whole system against that of one half of it (the same crystal, half
+    the repeats along z: the same work per atom, with no halo and no
+    communication), alone and with two halves run at the same time as two
+    independent 1-rank processes, one thread each, so that they share the
+    memory bandwidth and caches as two ranks do. ``serial / (two halves at
+    once)`` is the speed-up of a perfect split into two ranks (it bounds
+    ``parallel exchange``; ``parallel gather`` is bounded by one rank on 2
+    threads); both are timed beside it, as is the gather on 2 ranks;
+    configurations alternate within each round."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = []
+    names = [n for n in CEILING if any(s in n for s in args.only)] if args.only else list(CEILING)
+    path = model(args.dtype)
+    for round_ in range(args.repeat):
+        for name in names:
+            whole, half, steps = CEILING[name][0](), CEILING[name][1](), CEILING[name][2]
+            for label, atoms, ranks, options, threads in [
+                ("serial, whole system", whole, 0, "", 1),
+                ("serial, one half alone", half, 0, "", 1),
+                ("serial, two halves at once", half, 0, "", 1),
+                ("serial, whole system, 2 threads", whole, 0, "", 2),
+                ("gather, 2 ranks", whole, 2, "parallel gather", 1),
+            ]:
+                if label == "serial, two halves at once":
+                    with ThreadPoolExecutor(2) as pool:
+                        runs = list(pool.map(lambda _: _time_per_step(half, path, 0, "", steps, args.timeout), range(2)))
+                    t = max(r[0] for r in runs)
+                else:
+                    t = _time_per_step(atoms, path, ranks, options, steps, args.timeout, threads)[0]
+                row = {"system": name, "atoms": len(whole), "round": round_, "config": label, "steps": steps, "s_per_step": t}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        _write(args, {"dtype": args.dtype, "rows": rows})
+    return {"dtype": args.dtype, "rows": rows}
+
+
 def report(args) -> dict:
     """Markdown tables of verify.json, verify_gather.json, nve.json,
     speed.json and crossover.json."""
@@ -355,6 +402,30 @@ def report(args) -> dict:
                          f"{cell['gather, 2 ranks']} | {cell['exchange, 2 ranks']} | {speedup(two)} | "
                          f"{speedup('gather, 2 ranks')} | {speedup('exchange, 2 ranks')} | {auto} |")  # fmt: skip
         lines.append("")
+    if (OUT / "ceiling.json").is_file():
+        ce = json.loads((OUT / "ceiling.json").read_text())
+        times = {}
+        for r in ce["rows"]:
+            times.setdefault(r["system"], {}).setdefault(r["config"], []).append(r["s_per_step"])
+        lines += [f"## The machine's ceiling for 2 ranks ({ce['dtype']}, one thread per process)", "",
+                  "Median over the rounds (each round's value in brackets). A half is the same crystal with half the "
+                  "repeats along z; two halves at once are two independent 1-rank runs sharing the machine. "
+                  "Ceiling = whole / (two halves at once), the median of the rounds' ratios: the speed-up of a "
+                  "perfect split into two ranks, with no halo and no communication, which bounds the exchange; "
+                  "the gather's bound is the whole system on one rank with 2 threads. Speed-ups against the whole "
+                  "system on 1 rank and 1 thread, median of the rounds' ratios.", "",
+                  "| system | whole, 1 rank s/step | one half alone | two halves at once | whole, 2 threads | gather, 2 ranks | whole / half alone | ceiling of a split | 2 threads speed-up | gather speed-up |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for name, by in times.items():
+            cell = {k: f"{np.median(v):.3g} ({', '.join(f'{x:.3g}' for x in v)})" for k, v in by.items()}
+            whole = np.array(by["serial, whole system"])
+            ratio = {k: f"{np.median(whole / np.array(v)):.2f}" for k, v in by.items()}
+            lines.append(f"| {name} | {cell['serial, whole system']} | {cell['serial, one half alone']} | "
+                         f"{cell['serial, two halves at once']} | {cell['serial, whole system, 2 threads']} | "
+                         f"{cell['gather, 2 ranks']} | {ratio['serial, one half alone']} | "
+                         f"{ratio['serial, two halves at once']} | {ratio['serial, whole system, 2 threads']} | "
+                         f"{ratio['gather, 2 ranks']} |")
+        lines.append("")
     if nve_file.is_file():
         n = json.loads(nve_file.read_text())
         lines += [f"## NVE: {n['system']}, {n['steps']} steps", "",
@@ -386,8 +457,8 @@ def report(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("part", choices=["verify", "nve", "speed", "crossover", "report"])
-    p.add_argument("--only", nargs="*", default=None, help="verify, crossover: only systems whose name contains one of these")
+    p.add_argument("part", choices=["verify", "nve", "speed", "crossover", "ceiling", "report"])
+    p.add_argument("--only", nargs="*", default=None, help="verify, crossover, ceiling: only systems whose name contains one of these")
     p.add_argument("--ranks", nargs="*", type=int, default=None, help="verify: only these rank counts")
     p.add_argument("--tag", default="", help="suffix of the output file name")
     p.add_argument("--steps", type=int, default=None)
@@ -395,7 +466,7 @@ def main(argv=None) -> int:
     p.add_argument("--mode", choices=["exchange", "gather"], default="exchange", help="verify: the parallel mode")
     p.add_argument("--quick", action="store_true", help="verify: MgO 216 on 2 ranks only, no parallel shell")
     p.add_argument("--timeout", type=float, default=1800)
-    p.add_argument("--repeat", type=int, default=2, help="crossover: rounds over all systems and modes")
+    p.add_argument("--repeat", type=int, default=2, help="crossover, ceiling: rounds over all systems and configurations")
     args = p.parse_args(argv)
     if args.steps is None:
         args.steps = 200 if args.part == "nve" else 3
@@ -404,7 +475,7 @@ def main(argv=None) -> int:
     if args.part == "report":
         report(args)
         return 0
-    result = {"verify": verify, "nve": nve, "speed": speed, "crossover": crossover}[args.part](args)
+    result = {"verify": verify, "nve": nve, "speed": speed, "crossover": crossover, "ceiling": ceiling}[args.part](args)
     print(f"wrote {_write(args, result)}")
     return 0
 
