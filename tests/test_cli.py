@@ -111,6 +111,9 @@ def test_bad_files_and_models(tmp_path):
     assert proc.returncode == 2 and "unknown model 'no-such-model'" in proc.stderr
     proc = run_cli("export", "no-such-model", "-o", str(tmp_path / "x.pt"))
     assert proc.returncode == 2 and not (tmp_path / "x.pt").exists()
+    proc = run_cli("export", "chgnet-r2scan", "--aot", "-o", str(tmp_path / "x.pt2"))
+    assert proc.returncode == 2 and "-o must end in .pt" in proc.stderr and "compiling" not in proc.stderr
+    assert not list(tmp_path.glob("x.*"))
 
 
 def test_version():

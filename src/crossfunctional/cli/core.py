@@ -171,6 +171,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         if args.device != "cpu":
             raise ModelError("--aot compiles for the CPU; leave out --device")
+        if not str(args.output).endswith(".pt"):  # before the minute of compiling, not after it
+            raise ModelError(f"--aot writes a .pt file and the .pt2 package beside it; -o must end in .pt, "
+                             f"got {args.output}")
         t0 = time.perf_counter()
         print("compiling the network ahead of time for this machine (about a minute)...", file=sys.stderr, flush=True)
         path, package = export_package(model, args.output, dtype=args.dtype)
