@@ -352,6 +352,19 @@ def ceiling(args) -> dict:
     return {"dtype": args.dtype, "rows": rows}
 
 
+def _times_by_system(rows: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """s/step of each round, by system and configuration (in the rows' order)."""
+    times: dict = {}
+    for r in rows:
+        times.setdefault(r["system"], {}).setdefault(r["config"], []).append(r["s_per_step"])
+    return times
+
+
+def _median_cells(by: dict[str, list[float]]) -> dict[str, str]:
+    """Each configuration's median s/step with every round's value in brackets."""
+    return {k: f"{np.median(v):.3g} ({', '.join(f'{x:.3g}' for x in v)})" for k, v in by.items()}
+
+
 def report(args) -> dict:
     """Markdown tables of verify.json, verify_gather.json, nve.json,
     speed.json and crossover.json."""
@@ -380,17 +393,14 @@ def report(args) -> dict:
             c["dtype"] = c["dtype"] or part["dtype"]
             c["rows"] += part["rows"]
             c["auto"].update(part.get("auto", {}))
-        times: dict = {}
-        for r in c["rows"]:
-            times.setdefault(r["system"], {}).setdefault(r["config"], []).append(r["s_per_step"])
+        times = _times_by_system(c["rows"])
         lines += [f"## Time per MD step: 1 rank against 2 ranks ({c['dtype']}, one thread per rank)", "",
                   "Median over the rounds (each round's value in brackets); speed-up = serial time / 2-rank time, "
                   "the median of the rounds' ratios (the modes alternate within a round).", "",
                   "| system | serial, 1 rank s/step | serial, `retain_memory no` | serial, 1 rank, 2 threads | gather, 2 ranks | exchange, 2 ranks | 2 threads speed-up | gather speed-up | exchange speed-up | `parallel auto` on 2 ranks |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for name, by in times.items():
-            med = {k: float(np.median(v)) for k, v in by.items()}
-            cell = {k: f"{med[k]:.3g} ({', '.join(f'{x:.3g}' for x in v)})" for k, v in by.items()}
+            cell = _median_cells(by)
             serial = np.array(by["serial, 1 rank"])
 
             def speedup(config: str) -> str:  # median of the rounds' ratios; blank where a file lacks the config
@@ -404,9 +414,7 @@ def report(args) -> dict:
         lines.append("")
     if (OUT / "ceiling.json").is_file():
         ce = json.loads((OUT / "ceiling.json").read_text())
-        times = {}
-        for r in ce["rows"]:
-            times.setdefault(r["system"], {}).setdefault(r["config"], []).append(r["s_per_step"])
+        times = _times_by_system(ce["rows"])
         lines += [f"## The machine's ceiling for 2 ranks ({ce['dtype']}, one thread per process)", "",
                   "Median over the rounds (each round's value in brackets). A half is the same crystal with half the "
                   "repeats along z; two halves at once are two independent 1-rank runs sharing the machine. "
@@ -417,7 +425,7 @@ def report(args) -> dict:
                   "| system | whole, 1 rank s/step | one half alone | two halves at once | whole, 2 threads | gather, 2 ranks | whole / half alone | ceiling of a split | 2 threads speed-up | gather speed-up |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for name, by in times.items():
-            cell = {k: f"{np.median(v):.3g} ({', '.join(f'{x:.3g}' for x in v)})" for k, v in by.items()}
+            cell = _median_cells(by)
             whole = np.array(by["serial, whole system"])
             ratio = {k: f"{np.median(whole / np.array(v)):.2f}" for k, v in by.items()}
             lines.append(f"| {name} | {cell['serial, whole system']} | {cell['serial, one half alone']} | "
