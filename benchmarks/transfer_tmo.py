@@ -42,14 +42,13 @@ components), stress MAE (GPa, over the 9 components):
 Writes ``benchmarks/results/transfer/tmo_methods.json`` (folds, settings,
 per-method pooled MAEs per seed, mean and standard deviation),
 ``tmo_methods.md`` (the table) and ``tmo_methods_curves.png`` (validation
-energy MAE per epoch, each method, mean over folds, seed of the first
-``--seeds`` tabulated from ``--workdir``, kept in the JSON). Runs resume from
-``--workdir``. With ``--merge``, the (method, seed) results already in the
-output's ``tmo_methods.json`` that this invocation does not tabulate are kept
-(only when epochs, batch size, folds and fold seed match), so that seeds
-trained on different machines or at different times pool into one table;
-the curves of a method come from its lowest seed, and the figure is redrawn
-only when every method tabulated has curves.
+energy MAE per epoch, mean over the folds, one line per method and seed; the
+curves are kept in the JSON). Runs resume from ``--workdir``. With
+``--merge``, the (method, seed) results and curves already in the output's
+``tmo_methods.json`` that this invocation does not tabulate are kept (only
+when epochs, batch size, folds and fold seed match), so that seeds trained on
+different machines or at different times pool into one table; the figure is
+redrawn only when every method tabulated has curves of at least one seed.
 """
 
 from __future__ import annotations
@@ -176,14 +175,17 @@ def load_earlier(path: Path, settings: dict, folds: list) -> dict:
 
 def merge_earlier(earlier: dict, trained: dict, curves: dict) -> None:
     """Add to ``trained`` and ``curves`` (in place) the (method, seed) results
-    of ``earlier`` (see :func:`load_earlier`) that are not there yet; a
-    method's curves come from its lowest seed."""
+    and curves of ``earlier`` (see :func:`load_earlier`) that are not there
+    yet. Curves stored by older versions of this script, one seed per method
+    as ``{"seed": s, "val_e_per_fold": ...}``, are read as that seed's."""
     for method, by_seed in earlier.get("trained", {}).items():
         for seed, result in by_seed.items():
             trained.setdefault(method, {}).setdefault(seed, result)
-    for method, curve in earlier.get("curves", {}).items():
-        if method not in curves or curve["seed"] < curves[method]["seed"]:
-            curves[method] = curve
+    for method, by_seed in earlier.get("curves", {}).items():
+        if "val_e_per_fold" in by_seed:
+            by_seed = {str(by_seed["seed"]): by_seed["val_e_per_fold"]}
+        for seed, per_fold in by_seed.items():
+            curves.setdefault(method, {}).setdefault(seed, per_fold)
 
 
 def main() -> int:
@@ -225,7 +227,7 @@ def main() -> int:
     print(json.dumps(zero_shot, indent=1), flush=True)
 
     trained: dict[str, dict[str, dict]] = {m: {} for m in args.methods}
-    curves: dict[str, dict] = {}  # method -> {"seed": s, "val_e_per_fold": [[eV/atom per epoch], ...]}
+    curves: dict[str, dict] = {}  # method -> seed -> [[validation energy MAE (eV/atom) per epoch] per fold]
     for seed in args.seeds:
         for method in args.methods:
             if args.only_finished and not all(
@@ -243,9 +245,7 @@ def main() -> int:
                                progress=False, atomref_records=o2, allow_rank_deficient=True)
                 parts.append(errors(test, predict(test, str(res.torchscript)), seen[f]))
                 best.append(res.best_epoch)
-                if method not in curves or curves[method]["seed"] == seed:
-                    curves.setdefault(method, {"seed": seed, "val_e_per_fold": []})
-                    curves[method]["val_e_per_fold"].append([row["val_e"] for row in res.history])
+                curves.setdefault(method, {}).setdefault(str(seed), []).append([row["val_e"] for row in res.history])
                 print(f"seed {seed} {method} fold {f}: best epoch {res.best_epoch}, "
                       f"{time.perf_counter() - t0:.0f} s", flush=True)
             trained[method][str(seed)] = {**pooled(parts), "best_epoch_per_fold": best}
@@ -270,7 +270,7 @@ def main() -> int:
         "folds": folds_now,
         "zero_shot": zero_shot,
         "trained": trained,
-        "curves": curves,
+        "curves": {m: dict(sorted(curves[m].items(), key=lambda kv: int(kv[0]))) for m in METHODS if m in curves},
         "summary": summary,
         "wall_time_s": time.perf_counter() - t0,
     }
@@ -305,12 +305,13 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
-    for method in METHODS:
-        if method in curves:
-            runs = curves[method]["val_e_per_fold"]
+    for colour, method in enumerate(m for m in METHODS if m in curves):
+        seeds = sorted(curves[method], key=int)
+        for k, seed in enumerate(seeds):
+            runs = curves[method][seed]
             n = min(len(r) for r in runs)
-            ax.plot(range(n), 1000 * np.mean([r[:n] for r in runs], axis=0),
-                    label=f"{LABELS[method]}, seed {curves[method]['seed']}")
+            ax.plot(range(n), 1000 * np.mean([r[:n] for r in runs], axis=0), color=f"C{colour}", lw=1,
+                    label=f"{LABELS[method]}, seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}" if k == 0 else None)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation energy MAE (meV/atom)")
     ax.set_title("TMO frames, mean over the folds", fontsize=10)
