@@ -228,7 +228,8 @@ def main() -> int:
     # the frames are near-equilibrium relaxation steps: the MAE of predicting zero forces and stress
     test_all = [crystals[i] for f in fold_ids for i in folds[f][1]]
     zero_prediction = {"force_mae_eV_per_A": float(np.concatenate([np.abs(r.forces).ravel() for r in test_all]).mean()),
-                       "stress_mae_GPa": float(np.concatenate([np.abs(r.stress).ravel() for r in test_all]).mean() / GPa)}
+                       "stress_mae_GPa": float(np.concatenate([np.abs(r.stress).ravel() for r in test_all]).mean() / GPa),
+                       "median_frame_max_force_component_eV_per_A": float(np.median([np.abs(r.forces).max() for r in test_all]))}
 
     trained: dict[str, dict[str, dict]] = {m: {} for m in args.methods}
     curves: dict[str, dict] = {}  # method -> seed -> [[validation energy MAE (eV/atom) per epoch] per fold]
