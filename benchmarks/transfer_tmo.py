@@ -259,6 +259,7 @@ def main() -> int:
         merge_earlier(earlier, trained, curves)
 
     trained = {m: dict(sorted(trained[m].items(), key=lambda kv: int(kv[0]))) for m in METHODS if trained.get(m)}
+    curves = {m: dict(sorted(curves[m].items(), key=lambda kv: int(kv[0]))) for m in METHODS if m in curves}
     summary = {}
     for method, by_seed in trained.items():
         summary[method] = {"seeds": [int(k) for k in by_seed]}
@@ -276,7 +277,7 @@ def main() -> int:
         "zero_shot": zero_shot,
         "zero_forces_and_stress": zero_prediction,
         "trained": trained,
-        "curves": {m: dict(sorted(curves[m].items(), key=lambda kv: int(kv[0]))) for m in METHODS if m in curves},
+        "curves": curves,
         "summary": summary,
         "wall_time_s": time.perf_counter() - t0,
     }
@@ -314,8 +315,8 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
-    for colour, method in enumerate(m for m in METHODS if m in curves):
-        seeds = sorted(curves[method], key=int)
+    for colour, method in enumerate(curves):
+        seeds = list(curves[method])
         for k, seed in enumerate(seeds):
             runs = curves[method][seed]
             n = min(len(r) for r in runs)
