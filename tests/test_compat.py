@@ -65,7 +65,8 @@ def test_predict_structure_matches_upstream(upstream):
         np.testing.assert_allclose(o["s"], t["s"], atol=0.01)  # GPa, 3x3
         np.testing.assert_allclose(o["m"], t["m"], atol=1e-4)  # μB
     single = predict_structure(structures[0], task="ef")
-    assert set(single) == {"e", "f"} and float(single["e"]) == pytest.approx(float(ours[0]["e"]), abs=1e-6)
+    # one structure alone sums in another float32 order than in a batch of two: ~1e-6 eV/atom apart
+    assert set(single) == {"e", "f"} and float(single["e"]) == pytest.approx(float(ours[0]["e"]), abs=1e-5)
     with pytest.raises(ValueError, match="letters e, f, s, m"):
         predict_structure(structures[0], task="ex")
 
