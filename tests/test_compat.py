@@ -110,7 +110,7 @@ def test_calculator_pickles_and_runs_in_a_process_pool(calc):
     fresh.calc = CrossFunctionalCalculator(model="chgnet-r2scan")
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         energies = pool.map_async(_energy_in_worker, [fresh, fresh]).get(timeout=300)  # fails instead of waiting forever
-    assert energies == pytest.approx([ref, ref], abs=1e-6)
+    assert energies == pytest.approx([ref, ref], abs=1e-5)  # float32 in other processes: a few ulps of -11 eV
 
 
 def test_one_calculator_shared_by_two_threads(calc):
