@@ -227,8 +227,9 @@ def main() -> int:
     print(json.dumps(zero_shot, indent=1), flush=True)
     # the frames are near-equilibrium relaxation steps: the MAE of predicting zero forces and stress
     test_all = [crystals[i] for f in fold_ids for i in folds[f][1]]
-    zero_prediction = {"force_mae_eV_per_A": float(np.concatenate([np.abs(r.forces).ravel() for r in test_all]).mean()),
-                       "stress_mae_GPa": float(np.concatenate([np.abs(r.stress).ravel() for r in test_all]).mean() / GPa),
+    zeros = [{"energy": 0.0, "forces": np.zeros_like(r.forces), "stress": np.zeros(6)} for r in test_all]
+    zero = pooled([errors(test_all, zeros, set())])
+    zero_prediction = {"force_mae_eV_per_A": zero["force_mae_eV_per_A"], "stress_mae_GPa": zero["stress_mae_GPa"],
                        "median_frame_max_force_component_eV_per_A": float(np.median([np.abs(r.forces).max() for r in test_all]))}
 
     trained: dict[str, dict[str, dict]] = {m: {} for m in args.methods}
